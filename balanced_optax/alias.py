@@ -1,0 +1,170 @@
+"""Balanced Adam optimizers, as chains of the transforms (like optax.alias)."""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+from balanced_optax import _checks
+from balanced_optax.adam import scale_by_balanced_adam
+
+
+def balanced_adam(
+  learning_rate: optax.ScalarOrSchedule,
+  beta: jax.typing.ArrayLike = 0.95,
+  eps: jax.typing.ArrayLike = 1e-8,
+  *,
+  state_dtype: jax.typing.DTypeLike | None = None,
+  scale_safe: bool = False,
+  guard_nonfinite: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adam with its two memories tied: beta1 = beta2 = beta.
+
+  .. math::
+
+    m_k = \beta m_{k-1} + (1-\beta) g_k, \qquad
+    v_k = \beta v_{k-1} + (1-\beta) g_k^2,
+
+    u_k = -\alpha_k \frac{m_k / (1-\beta^k)}{\sqrt{v_k / (1-\beta^k)} + \varepsilon}.
+
+  Equal to ``optax.adam(learning_rate, b1=beta, b2=beta, eps=eps)`` (to float
+  rounding, and with the same state), with what tying buys: the update is a
+  Signum step shrunk by the gradient's signal-to-noise ratio, and it is
+  invariant to first order to a slowly drifting gradient scale [FH26].
+  ``beta=0.95`` is a good default for language models [OG25]; larger models
+  and smaller batches want a longer memory (see ``balanced_optax.beta_rules``).
+
+  The chain is ``scale_by_balanced_adam(beta, eps)`` then
+  ``optax.scale_by_learning_rate(learning_rate)``. Every numeric
+  hyperparameter works with ``optax.inject_hyperparams``, so ``beta`` can be
+  scheduled or changed mid-training.
+
+  Args:
+    learning_rate: a constant >= 0 or an optax schedule.
+    beta: the one memory of both moments, in [0, 1).
+    eps: added to the denominator, >= 0.
+    state_dtype: dtype of the moments (e.g. ``"bfloat16"``); ``None`` uses the
+      params' dtype. Arithmetic runs in float32 or wider.
+    scale_safe: keep the second moment in root form, so that with ``eps=0``
+      the updates are invariant to gradient scales across float32's range.
+    guard_nonfinite: coordinates with NaN/Inf gradients keep their moments
+      and get a zero update (``False``: optax.adam's behaviour).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import balanced_optax as bo
+    >>> def loss(x):
+    ...   return jnp.sum((x - 1.0) ** 2)
+    >>> opt = bo.balanced_adam(learning_rate=0.1, beta=0.9)
+    >>> params = jnp.zeros(3)
+    >>> state = opt.init(params)
+    >>> for _ in range(100):
+    ...   updates, state = opt.update(jax.grad(loss)(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(f"{loss(params):.4f}")
+    0.0000
+
+  References:
+    Fernandez-Hernandez et al., `Why Adam Works Better with beta1 = beta2: The
+    Missing Gradient Scale Invariance Principle
+    <https://arxiv.org/abs/2601.21739>`_, 2026.
+
+    Orvieto & Gower, `In Search of Adam's Secret Sauce
+    <https://arxiv.org/abs/2505.21829>`_, 2025.
+  """
+  _checks.check_learning_rate(learning_rate)
+  return optax.chain(
+    scale_by_balanced_adam(
+      beta,
+      eps,
+      state_dtype=state_dtype,
+      scale_safe=scale_safe,
+      guard_nonfinite=guard_nonfinite,
+    ),
+    optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def balanced_adamw(
+  learning_rate: optax.ScalarOrSchedule,
+  beta: jax.typing.ArrayLike = 0.95,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: optax.ScalarOrSchedule = 1e-4,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+  *,
+  state_dtype: jax.typing.DTypeLike | None = None,
+  scale_safe: bool = False,
+  guard_nonfinite: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Balanced Adam with decoupled weight decay (AdamW with beta1 = beta2).
+
+  .. math::
+
+    u_k = -\alpha_k \left(
+      \frac{m_k / (1-\beta^k)}{\sqrt{v_k / (1-\beta^k)} + \varepsilon}
+      + \lambda \theta_{k-1} \right),
+
+  with :math:`m, v` as in :func:`balanced_adam` and :math:`\lambda` the
+  ``weight_decay``. Equal to ``optax.adamw(learning_rate, b1=beta, b2=beta,
+  eps=eps, weight_decay=weight_decay, mask=mask)``. The chain is
+  ``scale_by_balanced_adam``, ``optax.add_decayed_weights(weight_decay,
+  mask)``, ``optax.scale_by_learning_rate(learning_rate)``.
+
+  Args:
+    learning_rate: a constant >= 0 or an optax schedule.
+    beta: the one memory of both moments, in [0, 1).
+    eps: added to the denominator, >= 0.
+    weight_decay: decoupled weight-decay strength, >= 0 (or a schedule).
+    mask: a tree of bools like the params (or a function of the params that
+      returns one): True where weight decay applies. With
+      ``optax.inject_hyperparams`` a callable mask must be listed in
+      ``static_args``, as for ``optax.adamw``.
+    state_dtype: dtype of the moments; ``None`` uses the params' dtype.
+    scale_safe: keep the second moment in root form (see
+      :func:`scale_by_balanced_adam`).
+    guard_nonfinite: coordinates with NaN/Inf gradients keep their moments
+      and get a zero update.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import balanced_optax as bo
+    >>> params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    >>> mask = {"w": True, "b": False}  # no decay on biases
+    >>> opt = bo.balanced_adamw(1e-3, beta=0.95, weight_decay=0.1, mask=mask)
+    >>> state = opt.init(params)
+    >>> grads = {"w": jnp.zeros((2, 2)), "b": jnp.ones(2)}
+    >>> updates, state = opt.update(grads, state, params)
+    >>> print(f"{updates['w'][0, 0]:.6f} {updates['b'][0]:.6f}")
+    -0.000100 -0.001000
+
+  References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, 2019.
+
+    Fernandez-Hernandez et al., `Why Adam Works Better with beta1 = beta2
+    <https://arxiv.org/abs/2601.21739>`_, 2026.
+  """
+  _checks.check_learning_rate(learning_rate)
+  if not callable(weight_decay):
+    _checks.check_interval("weight_decay", weight_decay, 0.0)
+  return optax.chain(
+    scale_by_balanced_adam(
+      beta,
+      eps,
+      state_dtype=state_dtype,
+      scale_safe=scale_safe,
+      guard_nonfinite=guard_nonfinite,
+    ),
+    optax.add_decayed_weights(weight_decay, mask),
+    optax.scale_by_learning_rate(learning_rate),
+  )

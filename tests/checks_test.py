@@ -1,0 +1,91 @@
+"""Bad input fails at construction with a message naming the argument and range."""
+
+import jax.numpy as jnp
+import optax
+import pytest
+
+import balanced_optax as bo
+
+BAD_BETAS = (-0.1, 1.0, 1.5, float("nan"), float("inf"))
+BETA_TAKERS = {
+  "tied_moments": lambda b: bo.tied_moments(b),
+  "variance_ema": lambda b: bo.variance_ema(b),
+  "scale_by_balanced_adam": lambda b: bo.scale_by_balanced_adam(b),
+  "balanced_adam": lambda b: bo.balanced_adam(1e-3, b),
+  "balanced_adamw": lambda b: bo.balanced_adamw(1e-3, b),
+}
+
+
+@pytest.mark.parametrize("beta", BAD_BETAS)
+@pytest.mark.parametrize("name", sorted(BETA_TAKERS))
+def test_beta_outside_unit_interval(name, beta):
+  with pytest.raises(ValueError, match=r"beta must be in \[0.0, 1.0\)"):
+    BETA_TAKERS[name](beta)
+
+
+@pytest.mark.parametrize("beta", (0.0, 0.5, 0.999999, jnp.float32(0.9)))
+def test_valid_betas_are_accepted(beta):
+  for make in BETA_TAKERS.values():
+    make(beta)
+
+
+@pytest.mark.parametrize(
+  "make",
+  (
+    lambda e: bo.snr_sign_step(eps=e),
+    lambda e: bo.scale_by_balanced_adam(eps=e),
+    lambda e: bo.balanced_adam(1e-3, eps=e),
+    lambda e: bo.balanced_adamw(1e-3, eps=e),
+  ),
+)
+def test_negative_eps(make):
+  with pytest.raises(ValueError, match=r"eps must be in \[0.0, inf\]"):
+    make(-1e-8)
+  make(0.0)  # Zero is allowed (and safe).
+
+
+@pytest.mark.parametrize("make", (bo.balanced_adam, bo.balanced_adamw))
+def test_negative_constant_learning_rate(make):
+  with pytest.raises(ValueError, match=r"learning_rate must be in \[0.0, inf\]"):
+    make(-1e-3)
+  make(optax.linear_schedule(1e-3, 0.0, 10))  # Schedules are optax's business.
+
+
+@pytest.mark.parametrize("power", (-0.1, 1.01, float("nan")))
+def test_power_outside_zero_one(power):
+  with pytest.raises(ValueError, match=r"power must be in \[0.0, 1.0\]"):
+    bo.snr_sign_step(power=power)
+
+
+def test_negative_weight_decay():
+  with pytest.raises(ValueError, match="weight_decay"):
+    bo.balanced_adamw(1e-3, weight_decay=-0.1)
+
+
+@pytest.mark.parametrize("dtype", (jnp.int32, "bool", "not-a-dtype"))
+def test_state_dtype_must_be_floating(dtype):
+  with pytest.raises((ValueError, TypeError), match="state_dtype"):
+    bo.scale_by_balanced_adam(state_dtype=dtype)
+
+
+def test_non_scalar_or_non_numeric_hyperparameters():
+  with pytest.raises(ValueError, match="beta must be a scalar"):
+    bo.balanced_adam(1e-3, beta=jnp.array([0.9, 0.9]))
+  with pytest.raises(TypeError, match="eps must be a number"):
+    bo.balanced_adam(1e-3, eps="small")
+  with pytest.raises(TypeError, match="beta must be a number"):
+    bo.tied_moments(True)
+
+
+@pytest.mark.parametrize(
+  "tx",
+  (
+    bo.balanced_adam(1e-3),
+    optax.chain(bo.tied_moments(0.9), bo.snr_sign_step()),
+    optax.chain(bo.variance_ema(0.9), bo.snr_sign_step()),
+  ),
+)
+def test_mismatched_gradient_tree_is_a_clear_error(tx):
+  state = tx.init({"w": jnp.zeros(3), "b": jnp.zeros(2)})
+  with pytest.raises(ValueError, match="does not match the tree the optimizer"):
+    tx.update({"w": jnp.zeros(3)}, state)

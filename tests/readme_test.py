@@ -1,0 +1,53 @@
+"""README.md stays true: its code runs, its commands are the ones CI uses."""
+
+import contextlib
+import io
+import os
+import re
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+# A python block, optionally followed by a ```text block holding its exact output.
+BLOCKS = re.findall(r"```python\n(.*?)```\n(?:\s*```text\n(.*?)```)?", README, re.S)
+
+
+def _command(marker):
+  match = re.search(rf"<!-- {marker} -->\s*```bash\n(.*?)\n```", README, re.S)
+  assert match, f"README.md lost its {marker} block"
+  return match.group(1)
+
+
+def test_readme_has_both_fresh_machine_commands():
+  assert "pip install" in _command("main-command")
+  assert "pytest" in _command("test-command")
+
+
+def test_ci_runs_the_readme_test_command():
+  script = os.path.join(ROOT, ".ci", "run")
+  extract = subprocess.run(
+    [
+      "bash",
+      "-c",
+      "sed -n '/^test_command=/,/README.md)$/p' .ci/run | bash -c "
+      "'source /dev/stdin; echo \"$test_command\"'",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  assert os.access(script, os.X_OK)
+  assert extract.stdout.strip() == _command("test-command")
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_python_blocks_run_and_print_what_they_show(index):
+  code, expected = BLOCKS[index]
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "__readme__"})
+  if expected:
+    assert out.getvalue().strip() == expected.strip()

@@ -1,0 +1,162 @@
+"""Composes with optax's wrappers, and shards like the params."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl.testing import parameterized
+
+import balanced_optax as bo
+from tests import streams
+
+MAKERS = {
+  "balanced_adam": lambda: bo.balanced_adam(1e-3, 0.9),
+  "variance_ema_chain": lambda: optax.chain(
+    bo.variance_ema(0.9), bo.snr_sign_step(), optax.scale_by_learning_rate(1e-3)
+  ),
+  "tied_moments_chain": lambda: optax.chain(
+    bo.tied_moments(0.9), bo.snr_sign_step(), optax.scale_by_learning_rate(1e-3)
+  ),
+}
+
+
+def _optax_reference():
+  return optax.adam(1e-3, b1=0.9, b2=0.9)
+
+
+class WrappersTest(chex.TestCase):
+  @parameterized.named_parameters(*MAKERS.items())
+  def test_masked(self, make):
+    params = streams.nested_params()
+    grads = streams.gradient_stream(params, 30, seed=20)
+    mask = {"w": True, "layers": [False, True], "head": {"b": False}}
+    got, _ = streams.reference(optax.masked(make(), mask), grads, params)
+    want, _ = streams.reference(optax.masked(_optax_reference(), mask), grads, params)
+    streams.assert_leafwise_close(got, want, rtol=2e-5)
+    # Masked-out leaves pass the raw gradient through.
+    np.testing.assert_array_equal(got["head"]["b"][-1], grads[-1]["head"]["b"])
+
+  @parameterized.named_parameters(*MAKERS.items())
+  def test_multi_steps(self, make):
+    params = streams.nested_params()
+    grads = streams.gradient_stream(params, 40, seed=21)
+    got, _ = streams.reference(
+      optax.MultiSteps(make(), every_k_schedule=4), grads, params
+    )
+    want, _ = streams.reference(
+      optax.MultiSteps(_optax_reference(), every_k_schedule=4), grads, params
+    )
+    streams.assert_leafwise_close(got, want, rtol=2e-5)
+    moved = np.abs(got["w"]).sum(axis=(1, 2)) > 0
+    np.testing.assert_array_equal(moved, np.arange(40) % 4 == 3)  # Every 4th step.
+
+  @parameterized.parameters(True, False)
+  def test_apply_if_finite_skips_a_nan_step_and_keeps_the_state(self, guard):
+    params = streams.nested_params()
+    grads = streams.gradient_stream(params, 10, seed=22)
+    tx = optax.apply_if_finite(bo.balanced_adam(1e-3, 0.9, guard_nonfinite=guard), 3)
+    update = jax.jit(tx.update)
+    _, state = streams.run(update, tx.init(params), grads[:5], params)
+    bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads[5])
+    u, skipped = update(bad, state, params)
+    chex.assert_trees_all_equal(u, jax.tree.map(jnp.zeros_like, params))
+    chex.assert_trees_all_equal(skipped.inner_state, state.inner_state)
+    self.assertEqual(int(skipped.total_notfinite), 1)
+    self.assertFalse(bool(skipped.last_finite))
+    # And the run then continues as if the bad step never happened.
+    got, _ = streams.run(update, skipped, grads[5:], params)
+    want, _ = streams.run(update, state, grads[5:], params)
+    chex.assert_trees_all_equal(got, want)
+
+  def test_zero_nans_then_balanced_adam_equals_zero_nans_then_adam(self):
+    params = streams.nested_params()
+    grads = streams.gradient_stream(params, 20, seed=23)
+    grads = [
+      jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), g) if i % 5 == 2 else g
+      for i, g in enumerate(grads)
+    ]
+    got, state = streams.reference(
+      optax.chain(optax.zero_nans(), bo.balanced_adam(1e-3, 0.9)), grads, params
+    )
+    want, _ = streams.reference(
+      optax.chain(optax.zero_nans(), _optax_reference()), grads, params
+    )
+    streams.assert_leafwise_close(got, want, rtol=2e-5)
+    chex.assert_tree_all_finite(state)
+
+
+_SHARDING_SCRIPT = textwrap.dedent(
+  """
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    import balanced_optax as bo
+
+    assert jax.device_count() == 8, jax.devices()
+    rng = np.random.default_rng(0)
+    shapes = {"w": (16, 8), "v": (6,), "s": ()}
+    specs = {"w": P("data", "model"), "v": P("model"), "s": P()}
+    def sample(shape):
+      return jnp.asarray(rng.normal(size=shape), jnp.float32)
+    grads = [{k: sample(s) for k, s in shapes.items()} for _ in range(5)]
+    makers = {
+        "fused": lambda: bo.balanced_adam(1e-3, 0.9),
+        "scale_safe_bf16": lambda: bo.balanced_adam(
+            1e-3, 0.9, scale_safe=True, state_dtype="bfloat16"),
+        "variance_ema": lambda: optax.chain(bo.variance_ema(0.9), bo.snr_sign_step()),
+    }
+    # Explicit axes (jax.make_mesh's default) with jit(init) under set_mesh, and
+    # Auto axes with eager init, the two ways users build sharded state.
+    for axis_type, jit_init in ((AxisType.Explicit, True), (AxisType.Auto, False)):
+      mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(axis_type,) * 2)
+      shardings = {k: NamedSharding(mesh, s) for k, s in specs.items()}
+      with jax.set_mesh(mesh):
+        params = {k: jax.device_put(jnp.zeros(shapes[k]), s)
+                  for k, s in shardings.items()}
+        for name, make in makers.items():
+          tx = make()
+          state = (jax.jit(tx.init) if jit_init else tx.init)(params)
+          update = jax.jit(tx.update)
+          ref_state = tx.init(jax.device_get(params))
+          for g in grads:
+            sharded_g = {k: jax.device_put(v, shardings[k]) for k, v in g.items()}
+            u, state = update(sharded_g, state, params)
+            ref_u, ref_state = tx.update(g, ref_state)
+          for k in shapes:
+            ndim = len(shapes[k])
+            assert u[k].sharding.is_equivalent_to(shardings[k], ndim), (name, k)
+            np.testing.assert_allclose(u[k], ref_u[k], rtol=1e-5, atol=1e-5)
+          moments = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(state)
+                     if x.shape == shapes["w"]]
+          assert len(moments) == 2, (name, moments)
+          for path, leaf in moments:
+            assert leaf.sharding.is_equivalent_to(shardings["w"], 2), (name, path)
+    print("SHARDING OK")
+    """
+)
+
+
+def test_state_follows_the_params_named_sharding_on_8_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env["JAX_PLATFORMS"] = "cpu"
+  result = subprocess.run(
+    [sys.executable, "-c", _SHARDING_SCRIPT],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "SHARDING OK" in result.stdout
+
+
+if __name__ == "__main__":
+  import absl.testing.absltest
+
+  absl.testing.absltest.main()
