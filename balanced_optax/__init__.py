@@ -4,11 +4,28 @@ Gradients flow one way: an estimator of the gradient's mean and variance
 (:func:`tied_moments` or :func:`variance_ema`), a direction rule
 (:func:`snr_sign_step`), then a learning rate. :func:`scale_by_balanced_adam`
 is the same computation fused into one pass; :func:`balanced_adam` and
-:func:`balanced_adamw` are the ready-made optimizers.
+:func:`balanced_adamw` are the ready-made optimizers. Beside them: diagnostics
+of gradient-scale invariance, rules for choosing beta, and moment statistics
+for logging.
 """
 
 from balanced_optax.adam import ScaleSafeAdamState, scale_by_balanced_adam
 from balanced_optax.alias import balanced_adam, balanced_adamw
+from balanced_optax.beta_rules import (
+  beta_from_half_life,
+  beta_from_refresh,
+  estimate_effective_horizon,
+  half_life,
+  in_convergence_region,
+  memory_horizon,
+  refresh_count,
+  scale_beta_for_batch,
+)
+from balanced_optax.diagnostics import (
+  first_order_scale_coefficient,
+  scale_sensitivity,
+  update_norm_stability,
+)
 from balanced_optax.direction import snr_sign_step
 from balanced_optax.moments import (
   GradientMoments,
@@ -16,10 +33,12 @@ from balanced_optax.moments import (
   tied_moments,
   variance_ema,
 )
+from balanced_optax.monitoring import moment_statistics, moments_from_state
 
 __version__ = "0.1.0"
 
 __all__ = (
+  # Estimators, direction, fused path and optimizers.
   "GradientMoments",
   "ScaleSafeAdamState",
   "VarianceEmaState",
@@ -29,4 +48,20 @@ __all__ = (
   "snr_sign_step",
   "tied_moments",
   "variance_ema",
+  # Gradient-scale invariance diagnostics [FH26].
+  "first_order_scale_coefficient",
+  "scale_sensitivity",
+  "update_norm_stability",
+  # Choosing beta [FH26b, B23, Z22].
+  "beta_from_half_life",
+  "beta_from_refresh",
+  "estimate_effective_horizon",
+  "half_life",
+  "in_convergence_region",
+  "memory_horizon",
+  "refresh_count",
+  "scale_beta_for_batch",
+  # Moment statistics for logging.
+  "moment_statistics",
+  "moments_from_state",
 )

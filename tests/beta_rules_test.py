@@ -1,0 +1,212 @@
+"""Tests of the beta-selection rules against closed forms."""
+
+import math
+
+import numpy as np
+import pytest
+
+from balanced_optax import beta_rules
+
+
+class TestHorizons:
+  def test_memory_horizon(self):
+    assert beta_rules.memory_horizon(0.9) == pytest.approx(10.0)
+    assert beta_rules.memory_horizon(0.0) == 1.0
+    np.testing.assert_allclose(beta_rules.memory_horizon([0.5, 0.99]), [2.0, 100.0])
+
+  def test_memory_horizon_is_the_ema_weight_sum_of_ages_plus_one(self):
+    beta = 0.95
+    j = np.arange(5000)
+    mean_age = np.sum((1 - beta) * beta**j * j)
+    assert beta_rules.memory_horizon(beta) == pytest.approx(mean_age + 1)
+
+  @pytest.mark.parametrize("beta", [0.5, 0.9, 0.95, 0.999])
+  def test_half_life_halves_the_weight(self, beta):
+    assert beta ** beta_rules.half_life(beta) == pytest.approx(0.5)
+
+  def test_half_life_edge_and_vector(self):
+    assert beta_rules.half_life(0.0) == 0.0
+    np.testing.assert_allclose(beta_rules.half_life(np.array([0.5, 0.25])), [1.0, 0.5])
+
+  def test_beta_from_half_life_inverts_half_life(self):
+    steps = np.array([0.5, 1.0, 13.5, 1000.0])
+    np.testing.assert_allclose(
+      beta_rules.half_life(beta_rules.beta_from_half_life(steps)), steps
+    )
+    assert beta_rules.beta_from_half_life(1.0) == 0.5
+    assert isinstance(beta_rules.beta_from_half_life(1.0), float)
+
+
+class TestRefresh:
+  def test_refresh_count(self):
+    assert beta_rules.refresh_count(0.95, 20_000) == pytest.approx(1000.0)
+    np.testing.assert_allclose(
+      beta_rules.refresh_count(0.99, [1e4, 1e5]), [100.0, 1000.0]
+    )
+
+  def test_beta_from_refresh_inverts_refresh_count(self):
+    for t_es in [2_000.0, 18_000.0, 1e6]:
+      beta = beta_rules.beta_from_refresh(t_es)
+      assert beta_rules.refresh_count(beta, t_es) == pytest.approx(1000.0)
+    # FH26b's fixed beta 0.944 is the refresh rule at T_ES = 1000 / 0.056.
+    assert beta_rules.beta_from_refresh(1000 / 0.056) == pytest.approx(0.944)
+
+  @pytest.mark.parametrize("t_es", [1000, 500, [5000, 800]])
+  def test_too_short_horizon_is_a_clear_error(self, t_es):
+    with pytest.raises(ValueError, match=r"t_es=.* is too short for refresh=1000"):
+      beta_rules.beta_from_refresh(t_es)
+
+  def test_custom_refresh(self):
+    assert beta_rules.beta_from_refresh(5000, refresh=100) == pytest.approx(0.98)
+    with pytest.raises(ValueError, match="refresh"):
+      beta_rules.beta_from_refresh(5000, refresh=0)
+
+
+class TestBatchScaling:
+  @pytest.mark.parametrize("kappa", [0.5, 2.0, 8.0])
+  def test_half_life_in_steps_scales_by_one_over_kappa(self, kappa):
+    """Same memory in samples: half-life(beta^kappa) = half-life(beta) / kappa."""
+    scaled = beta_rules.scale_beta_for_batch(0.99, kappa)
+    assert beta_rules.half_life(scaled) == pytest.approx(
+      beta_rules.half_life(0.99) / kappa
+    )
+
+  def test_values(self):
+    assert beta_rules.scale_beta_for_batch(0.9, 2) == pytest.approx(0.81)
+    np.testing.assert_allclose(
+      beta_rules.scale_beta_for_batch([0.9, 0.5], 1.0), [0.9, 0.5]
+    )
+
+
+@pytest.mark.parametrize(
+  "fn, args, name",
+  [
+    (beta_rules.memory_horizon, (1.0,), "beta"),
+    (beta_rules.memory_horizon, ([0.5, -0.1],), "beta"),
+    (beta_rules.half_life, (math.nan,), "beta"),
+    (beta_rules.beta_from_half_life, (0.0,), "steps"),
+    (beta_rules.refresh_count, (0.9, -1.0), "t_es"),
+    (beta_rules.refresh_count, (1.5, 10.0), "beta"),
+    (beta_rules.scale_beta_for_batch, (0.9, 0.0), "kappa"),
+    (beta_rules.scale_beta_for_batch, (1.0, 2.0), "beta"),
+    (beta_rules.in_convergence_region, (0.9, 1.0), "beta2"),
+    (beta_rules.in_convergence_region, (-0.1, 0.9), "beta1"),
+    (beta_rules.in_convergence_region, (0.9, 0.9, 1.2), "beta2_critical"),
+  ],
+)
+def test_out_of_range_arguments_are_named(fn, args, name):
+  with pytest.raises(ValueError, match=f"^{name} must be in"):
+    fn(*args)
+
+
+class TestConvergenceRegion:
+  def test_standard_adam_is_inside(self):
+    ok, reason = beta_rules.in_convergence_region(0.9, 0.999)
+    assert ok
+    assert "beta1 = 0.9 < sqrt(beta2) = 0.9995" in reason
+    assert "beta2* is problem-dependent and not given" in reason
+
+  def test_beta1_above_sqrt_beta2_is_outside(self):
+    ok, reason = beta_rules.in_convergence_region(0.99, 0.9)  # sqrt(0.9) = 0.9487
+    assert not ok
+    assert "Outside [Z22]'s region: beta1 = 0.99 >= sqrt(beta2) = 0.948683" in reason
+
+  @pytest.mark.parametrize("beta", [0.01, 0.5, 0.9, 0.95, 0.999])
+  def test_balanced_adam_always_meets_the_sqrt_condition(self, beta):
+    assert beta_rules.in_convergence_region(beta, beta)[0]
+
+  def test_beta2_critical(self):
+    ok, reason = beta_rules.in_convergence_region(0.95, 0.95, beta2_critical=0.999)
+    assert not ok
+    assert "Outside [Z22]'s region: beta2 = 0.95 < beta2* = 0.999" in reason
+    ok, reason = beta_rules.in_convergence_region(0.999, 0.999, beta2_critical=0.999)
+    assert ok
+    assert (
+      reason == "beta1 = 0.999 < sqrt(beta2) = 0.9995; beta2 = 0.999 >= beta2* = 0.999."
+    )
+
+
+class TestEffectiveHorizon:
+  STEPS = np.arange(0, 10_001, 50)
+  TAU = 1000.0
+
+  def exact(self, q=0.95):
+    """T_ES of a + b exp(-t / tau) on [0, T]: the level L0 - q (L0 - L(T))."""
+    return -self.TAU * math.log(1 - q * (1 - math.exp(-self.STEPS[-1] / self.TAU)))
+
+  def curve(self, steps=None):
+    steps = self.STEPS if steps is None else steps
+    return 2.0 + 3.0 * np.exp(-steps / self.TAU)
+
+  @pytest.mark.parametrize("q", [0.5, 0.9, 0.95, 0.99])
+  def test_exponential_decay(self, q):
+    t_es = beta_rules.estimate_effective_horizon(self.curve(), self.STEPS, fraction=q)
+    assert t_es == pytest.approx(self.exact(q), rel=2e-3)
+
+  def test_non_uniform_steps(self):
+    rng = np.random.default_rng(0)
+    steps = np.sort(rng.choice(np.arange(1, 10_000), size=300, replace=False))
+    steps = np.concatenate([[0], steps, [10_000]])
+    t_es = beta_rules.estimate_effective_horizon(self.curve(steps), steps)
+    assert t_es == pytest.approx(self.exact(), rel=1e-2)
+
+  def test_default_steps_count_evaluations(self):
+    t_es = beta_rules.estimate_effective_horizon(self.curve())
+    assert t_es == pytest.approx(self.exact() / 50, rel=2e-3)
+
+  @pytest.mark.parametrize("seed", range(5))
+  def test_noisy_curve(self, seed):
+    """Noise of 0.33% of the improvement (sigma = 0.01): within 5%."""
+    rng = np.random.default_rng(seed)
+    noisy = self.curve() + 0.01 * rng.standard_normal(len(self.STEPS))
+    t_es = beta_rules.estimate_effective_horizon(noisy, self.STEPS)
+    assert t_es == pytest.approx(self.exact(), rel=0.05)
+
+  def test_isolated_spikes_are_ignored(self):
+    spiky = self.curve().copy()
+    spiky[[3, 40, 120, 180]] += [5.0, -1.0, 3.0, -2.0]  # Two dips below L*.
+    t_es = beta_rules.estimate_effective_horizon(spiky, self.STEPS)
+    assert t_es == pytest.approx(self.exact(), rel=1e-2)
+
+  def test_plateau_then_overfitting(self):
+    """L = 1 + 2 exp(-t/100) + 1e-3 t: best at t* = 100 ln 20, then rises."""
+    steps = np.arange(0, 1001, 5.0)
+    loss = lambda t: 1 + 2 * np.exp(-t / 100) + 1e-3 * t
+    t_star = 100 * math.log(20)
+    level = loss(0) - 0.95 * (loss(0) - loss(t_star))
+    lo, hi = 0.0, t_star  # Bisection for loss(t) = level on the falling side.
+    for _ in range(60):
+      mid = (lo + hi) / 2
+      lo, hi = (mid, hi) if loss(mid) > level else (lo, mid)
+    t_es = beta_rules.estimate_effective_horizon(loss(steps), steps)
+    assert t_es == pytest.approx(lo, rel=1e-2)
+    assert t_es < t_star
+    # Without the rise it is the pure exponential's T_ES, 1.5x later: the rise
+    # ends the useful phase early.
+    no_rise = beta_rules.estimate_effective_horizon(loss(steps) - 1e-3 * steps, steps)
+    assert no_rise == pytest.approx(
+      -100 * math.log(1 - 0.95 * (1 - math.exp(-10))), rel=2e-3
+    )
+
+  def test_fraction_one_is_the_early_stopping_point(self):
+    steps = np.arange(0, 1001, 5.0)
+    loss = 1 + 2 * np.exp(-steps / 100) + 1e-3 * steps
+    t_es = beta_rules.estimate_effective_horizon(loss, steps, fraction=1.0, window=1)
+    # The crossing of the minimum is interpolated between its two neighbours.
+    assert abs(t_es - steps[np.argmin(loss)]) <= 5
+
+  @pytest.mark.parametrize(
+    "losses, steps, kwargs, match",
+    [
+      ([3.0, 2.0, 1.0], None, {}, "at least 5"),
+      ([3.0, 2.0, np.nan, 1.0, 0.5], None, {}, "finite"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], [0, 1, 1, 2, 3], {}, "increasing"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], [0, 1, 2], {}, "shaped like"),
+      ([1.0, 2.0, 3.0, 4.0, 5.0], None, {}, "never improve"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"fraction": 0.0}, "fraction"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"window": 4}, "window"),
+    ],
+  )
+  def test_bad_input(self, losses, steps, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+      beta_rules.estimate_effective_horizon(losses, steps, **kwargs)
