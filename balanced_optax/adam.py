@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from balanced_optax import _checks, _tree
+from balanced_optax import _checks, _rounding, _tree
 
 
 class ScaleSafeAdamState(NamedTuple):
@@ -41,7 +41,7 @@ class ScaleSafeAdamState(NamedTuple):
 
 
 def _leaf_step(g, m, second, *, beta, eps, c, scale_safe, guard_nonfinite):
-  """One leaf: returns (update, new m, new second moment) in their dtypes."""
+  """One leaf: the update in g's dtype, the new moments in float32 or wider."""
   dtype = jnp.promote_types(g.dtype, jnp.float32)
   g32, m32, second32 = g.astype(dtype), m.astype(dtype), second.astype(dtype)
   m_new = (1 - beta) * g32 + beta * m32
@@ -61,7 +61,7 @@ def _leaf_step(g, m, second, *, beta, eps, c, scale_safe, guard_nonfinite):
     m_new = jnp.where(finite, m_new, m32)
     second_new = jnp.where(finite, second_new, second32)
     update = jnp.where(finite, update, 0)
-  return update.astype(g.dtype), m_new.astype(m.dtype), second_new.astype(second.dtype)
+  return update.astype(g.dtype), m_new, second_new
 
 
 def scale_by_balanced_adam(
@@ -71,6 +71,7 @@ def scale_by_balanced_adam(
   state_dtype: jax.typing.DTypeLike | None = None,
   scale_safe: bool = False,
   guard_nonfinite: bool = True,
+  stochastic_rounding: bool = True,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by balanced Adam (beta1 = beta2 = beta), fused.
 
@@ -109,6 +110,11 @@ def scale_by_balanced_adam(
       its moments and gets a zero update, at no extra memory traffic; if False,
       non-finite values enter the state as in ``optax.adam``. To skip a whole
       step instead, wrap the optimizer in ``optax.apply_if_finite``.
+    stochastic_rounding: when the moments are stored in bfloat16, round them
+      stochastically (unbiased) rather than to nearest, so that an EMA with
+      beta near 1 keeps tracking instead of stalling at bfloat16's resolution.
+      The bits come from a hash of the step count and the element index:
+      reproducible, no key in the state. Ignored for other state dtypes.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -157,7 +163,11 @@ def scale_by_balanced_adam(
     )
     second = state.rms if scale_safe else state.nu
     results = jax.tree.map(step, updates, state.mu, second)
-    updates, mu, second = _tree.unzip(updates, results, 3)
+    updates, mu, new_second = _tree.unzip(updates, results, 3)
+    store = functools.partial(
+      _rounding.store, count=count, stochastic=stochastic_rounding
+    )
+    mu, second = store(mu, state.mu, salt=0), store(new_second, second, salt=1)
     if scale_safe:
       return updates, ScaleSafeAdamState(count=count, mu=mu, rms=second)
     return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=second)

@@ -18,6 +18,7 @@ def balanced_adam(
   state_dtype: jax.typing.DTypeLike | None = None,
   scale_safe: bool = False,
   guard_nonfinite: bool = True,
+  stochastic_rounding: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with its two memories tied: beta1 = beta2 = beta.
 
@@ -50,6 +51,8 @@ def balanced_adam(
       the updates are invariant to gradient scales across float32's range.
     guard_nonfinite: coordinates with NaN/Inf gradients keep their moments
       and get a zero update (``False``: optax.adam's behaviour).
+    stochastic_rounding: round bfloat16 moments stochastically so that an
+      EMA with beta near 1 does not stall (see :func:`scale_by_balanced_adam`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -86,6 +89,7 @@ def balanced_adam(
       state_dtype=state_dtype,
       scale_safe=scale_safe,
       guard_nonfinite=guard_nonfinite,
+      stochastic_rounding=stochastic_rounding,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )
@@ -101,6 +105,7 @@ def balanced_adamw(
   state_dtype: jax.typing.DTypeLike | None = None,
   scale_safe: bool = False,
   guard_nonfinite: bool = True,
+  stochastic_rounding: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Balanced Adam with decoupled weight decay (AdamW with beta1 = beta2).
 
@@ -130,6 +135,8 @@ def balanced_adamw(
       :func:`scale_by_balanced_adam`).
     guard_nonfinite: coordinates with NaN/Inf gradients keep their moments
       and get a zero update.
+    stochastic_rounding: round bfloat16 moments stochastically so that an
+      EMA with beta near 1 does not stall (see :func:`scale_by_balanced_adam`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -164,6 +171,7 @@ def balanced_adamw(
       state_dtype=state_dtype,
       scale_safe=scale_safe,
       guard_nonfinite=guard_nonfinite,
+      stochastic_rounding=stochastic_rounding,
     ),
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),

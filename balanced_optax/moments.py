@@ -14,6 +14,7 @@ they keep:
 Feed either into :func:`balanced_optax.snr_sign_step` to get Adam's direction.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from optax import tree as otu
 
-from balanced_optax import _checks, _tree
+from balanced_optax import _checks, _rounding, _tree
 
 
 class GradientMoments(NamedTuple):
@@ -65,6 +66,7 @@ def tied_moments(
   *,
   state_dtype: jax.typing.DTypeLike | None = None,
   guard_nonfinite: bool = True,
+  stochastic_rounding: bool = True,
 ) -> optax.GradientTransformation:
   r"""Adam's two EMAs with one memory, emitted as the gradient's mean and variance.
 
@@ -93,6 +95,9 @@ def tied_moments(
     guard_nonfinite: if True, a coordinate whose gradient is NaN or +-Inf keeps
       its state and emits mean = variance = 0 (so the step there is zero); if
       False, non-finite values enter the state as they do in ``optax.adam``.
+    stochastic_rounding: round bfloat16 state stochastically (unbiased), so
+      that an EMA with beta near 1 does not stall; see
+      :func:`scale_by_balanced_adam`.
 
   Returns:
     An ``optax.GradientTransformation`` whose updates are
@@ -137,8 +142,11 @@ def tied_moments(
     mean = otu.bias_correction(mu, beta, count) if debias else mu
     second = otu.bias_correction(nu, beta, count) if debias else nu
     variance = jax.tree.map(lambda s, m: jnp.maximum(s - m * m, 0), second, mean)
+    store = functools.partial(
+      _rounding.store, count=count, stochastic=stochastic_rounding
+    )
     new_state = optax.ScaleByAdamState(
-      count=count, mu=otu.cast_like(mu, state.mu), nu=otu.cast_like(nu, state.nu)
+      count=count, mu=store(mu, state.mu, salt=0), nu=store(nu, state.nu, salt=1)
     )
     return _emit(updates, mean, variance, guard_nonfinite), new_state
 
@@ -151,6 +159,7 @@ def variance_ema(
   *,
   state_dtype: jax.typing.DTypeLike | None = None,
   guard_nonfinite: bool = True,
+  stochastic_rounding: bool = True,
 ) -> optax.GradientTransformation:
   r"""The gradient's mean and variance as EMAs: Adam's second moment, split.
 
@@ -189,6 +198,9 @@ def variance_ema(
       in at least float32.
     guard_nonfinite: if True, a coordinate whose gradient is NaN or +-Inf keeps
       its state and emits mean = variance = 0; if False they enter the state.
+    stochastic_rounding: round bfloat16 state stochastically (unbiased), so
+      that an EMA with beta near 1 does not stall; see
+      :func:`scale_by_balanced_adam`.
 
   Returns:
     An ``optax.GradientTransformation`` whose updates are
@@ -240,10 +252,13 @@ def variance_ema(
     if guard_nonfinite:
       mean = _tree.where_finite(grads, mean, old_mean)
       variance = _tree.where_finite(grads, variance, old_variance)
+    store = functools.partial(
+      _rounding.store, count=count, stochastic=stochastic_rounding
+    )
     new_state = VarianceEmaState(
       count=count,
-      mean=otu.cast_like(mean, state.mean),
-      variance=otu.cast_like(variance, state.variance),
+      mean=store(mean, state.mean, salt=0),
+      variance=store(variance, state.variance, salt=1),
     )
     return _emit(updates, mean, variance, guard_nonfinite), new_state
 

@@ -99,8 +99,9 @@ class DtypeTest(chex.TestCase):
     # bfloat16 keeps 8 bits: the update is close, not equal.
     self.assertLess(_relative_error(got["w"], want["w"]), 2e-2)
 
-  @parameterized.parameters(jnp.bfloat16, jnp.float16)
+  @parameterized.parameters("bfloat16", "float16")
   def test_low_precision_params_get_updates_in_their_dtype(self, dtype):
+    dtype = jnp.dtype(dtype)
     params = streams.nested_params(dtype)
     grads = streams.gradient_stream(params, 50, seed=12)
     tx = bo.balanced_adam(1e-3, 0.95, state_dtype=jnp.float32)

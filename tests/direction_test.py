@@ -14,7 +14,7 @@ from tests import streams
 class SignumTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(
-    estimator=(bo.tied_moments, bo.variance_ema), debias=(True, False), beta=(0.5, 0.9)
+    estimator=("tied_moments", "variance_ema"), debias=(True, False), beta=(0.5, 0.9)
   )
   def test_power_zero_after_either_estimator_is_optax_signum(
     self, estimator, debias, beta
@@ -22,7 +22,7 @@ class SignumTest(chex.TestCase):
     params = streams.nested_params()
     grads = streams.gradient_stream(params, 100, seed=7)
     tx = optax.chain(
-      estimator(beta, debias=debias),
+      getattr(bo, estimator)(beta, debias=debias),
       bo.snr_sign_step(power=0.0),
       optax.scale_by_learning_rate(1e-2),
     )

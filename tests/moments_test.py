@@ -65,7 +65,9 @@ class VarianceIdentityTest(chex.TestCase):
 
 class ClosedFormTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(bo.tied_moments, bo.variance_ema)
+  @parameterized.named_parameters(
+    ("tied_moments", bo.tied_moments), ("variance_ema", bo.variance_ema)
+  )
   def test_constant_gradient_has_its_value_as_mean_and_zero_variance(self, estimator):
     tx = estimator(0.9)
     g = jnp.array([3.0, -0.5, 0.0])
@@ -76,7 +78,9 @@ class ClosedFormTest(chex.TestCase):
       np.testing.assert_allclose(moments.variance, 0.0, atol=1e-5)
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.parameters(bo.tied_moments, bo.variance_ema)
+  @parameterized.named_parameters(
+    ("tied_moments", bo.tied_moments), ("variance_ema", bo.variance_ema)
+  )
   def test_alternating_gradient_has_known_moments(self, estimator):
     # g = +a, -a, +a, ...: with weights w_i = (1-b) b^(k-i) / c_k the debiased
     # mean after an even number of steps is a (1 - b)/(1 + b) * (-1), and
@@ -91,7 +95,9 @@ class ClosedFormTest(chex.TestCase):
     np.testing.assert_allclose(moments.mean, mean, rtol=1e-5)
     np.testing.assert_allclose(moments.variance, a**2 - mean**2, rtol=1e-5)
 
-  @parameterized.parameters(bo.tied_moments, bo.variance_ema)
+  @parameterized.named_parameters(
+    ("tied_moments", bo.tied_moments), ("variance_ema", bo.variance_ema)
+  )
   def test_first_step_debiased_is_the_gradient_with_zero_variance(self, estimator):
     g = jnp.array([1.5, -2.0])
     for beta in (0.0, 0.9, 0.999):
@@ -175,7 +181,9 @@ class StateTest(chex.TestCase):
     self.assertIsInstance(state, optax.ScaleByAdamState)
     streams.assert_leafwise_close(state, ref_state, rtol=1e-6)
 
-  @parameterized.parameters(bo.tied_moments, bo.variance_ema)
+  @parameterized.named_parameters(
+    ("tied_moments", bo.tied_moments), ("variance_ema", bo.variance_ema)
+  )
   def test_state_dtype_keeps_storage_low_and_arithmetic_high(self, estimator):
     params = streams.nested_params()
     grads = streams.gradient_stream(params, 50, seed=6)
@@ -189,7 +197,9 @@ class StateTest(chex.TestCase):
     want, _ = streams.run(jax.jit(high.update), high.init(params), grads, params)
     streams.assert_leafwise_close(got.mean, want.mean, rtol=2e-2)
 
-  @parameterized.parameters(bo.tied_moments, bo.variance_ema)
+  @parameterized.named_parameters(
+    ("tied_moments", bo.tied_moments), ("variance_ema", bo.variance_ema)
+  )
   def test_nonfinite_gradient_coordinates_do_not_touch_the_state(self, estimator):
     tx = estimator(0.9)
     g = jnp.array([1.0, 2.0, 3.0])

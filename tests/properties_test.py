@@ -84,5 +84,8 @@ def test_fused_and_composed_paths_agree(problem, estimator_name):
   got, _ = streams.run(composed.update, composed.init(params), grads, params)
   want, _ = streams.run(fused.update, fused.init(params), grads, params)
   # Updates are O(1) per coordinate (lr = 1): compare on that absolute scale.
+  # The bias correction 1 - beta^k carries float32's absolute rounding (~1e-7)
+  # relative to its size ~k (1 - beta), so beta near 1 widens the tolerance.
+  tol = max(1e-4, 3e-7 / (1 - beta))
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
