@@ -139,15 +139,17 @@ def tied_moments(
     if guard_nonfinite:
       mu = _tree.where_finite(grads, mu, _tree.upcast(state.mu))
       nu = _tree.where_finite(grads, nu, _tree.upcast(state.nu))
-    mean = otu.bias_correction(mu, beta, count) if debias else mu
-    second = otu.bias_correction(nu, beta, count) if debias else nu
-    variance = jax.tree.map(lambda s, m: jnp.maximum(s - m * m, 0), second, mean)
     store = functools.partial(
       _rounding.store, count=count, stochastic=stochastic_rounding
     )
     new_state = optax.ScaleByAdamState(
       count=count, mu=store(mu, state.mu, salt=0), nu=store(nu, state.nu, salt=1)
     )
+    # Emit from the moments as stored, so that donated state updates in place.
+    mu, nu = _tree.upcast(new_state.mu), _tree.upcast(new_state.nu)
+    mean = otu.bias_correction(mu, beta, count) if debias else mu
+    second = otu.bias_correction(nu, beta, count) if debias else nu
+    variance = jax.tree.map(lambda s, m: jnp.maximum(s - m * m, 0), second, mean)
     return _emit(updates, mean, variance, guard_nonfinite), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -184,6 +186,8 @@ def variance_ema(
     m_k = m_{k-1} + \alpha \delta_k, \qquad
     s_k = (1-\alpha)(s_{k-1} + \alpha \delta_k^2).
 
+  (Computed as :math:`s_k = (1-\alpha) s_{k-1} + \frac{\alpha}{1-\alpha}
+  (g_k - m_k)^2`, the same value read off the new mean.)
   With ``debias=True`` the same recursion runs with
   :math:`\alpha_k = (1-\beta)/(1-\beta^k)` (so :math:`\alpha_1 = 1`), which
   keeps the bias-corrected :math:`\hat m_k = m_k / c_k` and
@@ -244,13 +248,17 @@ def variance_ema(
     else:
       alpha = 1 - beta
     old_mean, old_variance = _tree.upcast(state.mean), _tree.upcast(state.variance)
-    delta = otu.sub(grads, old_mean)
-    mean = jax.tree.map(lambda m, d: m + alpha * d, old_mean, delta)
-    variance = jax.tree.map(
-      lambda s, d: (1 - alpha) * (s + alpha * d * d), old_variance, delta
-    )
+    mean = jax.tree.map(lambda m, g: m + alpha * (g - m), old_mean, grads)
     if guard_nonfinite:
       mean = _tree.where_finite(grads, mean, old_mean)
+    # The same update read off the new mean, g - m_{k-1} = (g - m_k) / (1 - alpha):
+    # nothing reads the old mean after the mean is written, so donated state
+    # is updated in place.
+    weight = jnp.where(alpha < 1, alpha / jnp.where(alpha < 1, 1 - alpha, 1), 0)
+    variance = jax.tree.map(
+      lambda s, g, m: (1 - alpha) * s + weight * (g - m) ** 2, old_variance, grads, mean
+    )
+    if guard_nonfinite:
       variance = _tree.where_finite(grads, variance, old_variance)
     store = functools.partial(
       _rounding.store, count=count, stochastic=stochastic_rounding
@@ -260,6 +268,7 @@ def variance_ema(
       mean=store(mean, state.mean, salt=0),
       variance=store(variance, state.variance, salt=1),
     )
+    mean, variance = _tree.upcast(new_state.mean), _tree.upcast(new_state.variance)
     return _emit(updates, mean, variance, guard_nonfinite), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
