@@ -1,0 +1,1 @@
+"""Shared by the trainers: loop, steps, mesh, checkpoints, metrics, optimizers."""

@@ -1,0 +1,104 @@
+"""The device mesh, and where each array lives on it.
+
+One mesh axis, ``data``, spans every device of every process. A batch is split
+along it (data parallel). With FSDP, each large enough parameter and optimizer
+moment is split along its largest dimension divisible by the device count,
+so each device holds 1/n of the state; XLA inserts the all-gathers and
+reduce-scatters. The same code runs on 1 CPU, n simulated CPU devices, GPUs or
+TPUs, in one process or several.
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+# Arrays smaller than this are replicated: splitting them saves little memory
+# and costs a collective each.
+MIN_FSDP_SIZE = 1024
+
+
+def _launched_multiprocess() -> bool:
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  for count in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    if int(os.environ.get(count, "1")) > 1:
+      return True
+  return False
+
+
+def maybe_initialize_distributed() -> None:
+  """Calls ``jax.distributed.initialize()`` when launched as several processes.
+
+  Detected from the environment: ``JAX_COORDINATOR_ADDRESS`` (with
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``), a SLURM step with more than
+  one task, or an Open MPI launch. A plain single process does nothing.
+  """
+  if _launched_multiprocess() and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh with axis ``data`` over all devices."""
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Splits the leading (batch) dimension over ``data``."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def fsdp_spec(shape: tuple[int, ...], num_shards: int) -> PartitionSpec:
+  """Splits the largest dimension divisible by ``num_shards``, if worth it.
+
+  Args:
+    shape: the array's shape.
+    num_shards: size of the ``data`` axis.
+
+  Returns:
+    ``PartitionSpec`` with ``data`` on the chosen dimension, or a replicated
+    spec for small arrays or when no dimension divides.
+  """
+  if num_shards == 1 or int(np.prod(shape)) < MIN_FSDP_SIZE:
+    return PartitionSpec()
+  divisible = [d for d, size in enumerate(shape) if size % num_shards == 0]
+  if not divisible:
+    return PartitionSpec()
+  axis = max(divisible, key=lambda d: shape[d])
+  return PartitionSpec(*(DATA_AXIS if d == axis else None for d in range(len(shape))))
+
+
+def state_shardings(abstract_state, mesh: jax.sharding.Mesh, fsdp: bool):
+  """Shardings for a tree of arrays (params, optimizer state, step).
+
+  A moment shaped like its parameter gets the parameter's sharding, so the
+  optimizer update runs shard by shard with no communication.
+  """
+  num_shards = mesh.shape[DATA_AXIS] if fsdp else 1
+  return jax.tree.map(
+    lambda x: NamedSharding(mesh, fsdp_spec(x.shape, num_shards)), abstract_state
+  )
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  """A copy of ``tree`` whole on every device (a collective: call it on all
+  processes), e.g. to read sharded parameters on one process."""
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+
+
+def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict:
+  """Places a global host batch on the mesh, each process giving its shards.
+
+  Every process computes the same global batch (the data order is a function
+  of the step), so no process needs another's data.
+  """
+  return {
+    k: jax.make_array_from_callback(x.shape, sharding, lambda index, x=x: x[index])
+    for k, x in batch.items()
+  }

@@ -1,0 +1,1 @@
+"""Character-level GPT trainer."""

@@ -1,0 +1,1 @@
+"""GPT configs: ``default`` and ``tiny``."""

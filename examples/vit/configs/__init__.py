@@ -1,0 +1,1 @@
+"""ViT configs: ``default`` and ``tiny``."""
