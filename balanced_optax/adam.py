@@ -10,6 +10,7 @@ division per element instead of optax.adam's three.
 """
 
 import functools
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -62,8 +63,10 @@ def _update(g, m, second, *, eps, inv_c, scale_safe, guard_nonfinite):
   else:
     root = jnp.sqrt(second32 * inv_c)
   denom = root + eps
-  # 0/0 (eps = 0, no gradient yet) is a zero step; NaN still propagates.
-  update = jnp.where(denom == 0, 0, m32 * inv_c / jnp.where(denom == 0, 1, denom))
+  if isinstance(eps, numbers.Real) and eps > 0:  # denom > 0: no select needed.
+    update = m32 * inv_c / denom
+  else:  # 0/0 (eps = 0, no gradient yet) is a zero step; NaN still propagates.
+    update = jnp.where(denom == 0, 0, m32 * inv_c / jnp.where(denom == 0, 1, denom))
   if guard_nonfinite:
     update = jnp.where(jnp.isfinite(g), update, 0)
   return update.astype(g.dtype)

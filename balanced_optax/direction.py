@@ -28,10 +28,13 @@ def _direction(mean, variance, eps, power):
   mean32, variance32 = mean.astype(dtype), variance.astype(dtype)
   denom = jnp.sqrt(mean32 * mean32 + variance32) + eps
   # mean == 0 is the only way denom can be 0 (with eps = 0); its step is 0.
-  safe_denom = jnp.where(denom == 0, 1, denom)
+  positive_eps = isinstance(eps, numbers.Real) and eps > 0
+  safe_denom = denom if positive_eps else jnp.where(denom == 0, 1, denom)
   static = isinstance(power, numbers.Real)
   if static and power == 0.5:  # Adam: exactly mean / (sqrt(mean^2 + var) + eps).
-    step = jnp.where(denom == 0, 0, mean32 / safe_denom)
+    step = mean32 / safe_denom
+    if not positive_eps:
+      step = jnp.where(denom == 0, 0, step)
   elif static and power == 0:  # Signum.
     step = jnp.sign(mean32)
   else:
