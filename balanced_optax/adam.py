@@ -115,8 +115,9 @@ def scale_by_balanced_adam(
       runs in at least float32 and updates come back in the gradients' dtype.
     scale_safe: keep the second moment in root form (see above).
     guard_nonfinite: if True, a coordinate whose gradient is NaN or +-Inf keeps
-      its moments and gets a zero update, at no extra memory traffic; if False,
-      non-finite values enter the state as in ``optax.adam``. To skip a whole
+      its moments and gets a zero update (free where XLA fuses a leaf's step
+      into one kernel, as on GPU; on CPU the update reads g once more); if
+      False, non-finite values enter the state as in ``optax.adam``. To skip a whole
       step instead, wrap the optimizer in ``optax.apply_if_finite``.
     stochastic_rounding: when the moments are stored in bfloat16, round them
       stochastically (unbiased) rather than to nearest, so that an EMA with
