@@ -114,7 +114,7 @@ class ClosedFormTest(chex.TestCase):
     with jax.enable_x64(True):
       ref = bo.variance_ema(0.9)
       x64 = [jnp.asarray(g, jnp.float64) for g in grads]
-      want, _ = streams.run(ref.update, ref.init(x64[0]), x64, None)
+      want, _ = streams.run(jax.jit(ref.update), ref.init(x64[0]), x64, None)
     errors = {}
     for estimator in (bo.variance_ema, bo.tied_moments):
       tx = estimator(0.9)

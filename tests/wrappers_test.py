@@ -144,6 +144,8 @@ _SHARDING_SCRIPT = textwrap.dedent(
 def test_state_follows_the_params_named_sharding_on_8_devices():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   env["JAX_PLATFORMS"] = "cpu"
+  # Compiling dominates this test; XLA's optimizations change no assertion.
+  env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
   result = subprocess.run(
     [sys.executable, "-c", _SHARDING_SCRIPT],
     env=env,
