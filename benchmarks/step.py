@@ -48,7 +48,7 @@ import numpy as np
 import optax
 
 import balanced_optax as bo
-from benchmarks import hlo, machine, stats
+from benchmarks import hlo, machine, scale_range, stats
 
 LEARNING_RATE = 1e-3
 BETA = 0.95
@@ -659,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     | {"leaves": leaf_counts, "beta": BETA, "eps": EPS, "learning_rate": LEARNING_RATE},
     "results": {},
+    # What scale_safe buys, beside what it costs (seconds, tiny arrays).
+    "scale_range": scale_range.run(),
   }
   started = time.perf_counter()
   for n in leaf_counts:
@@ -682,6 +684,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with open(out, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=1)
   print(format_report(report))
+  print()
+  print(scale_range.format_rows(report["scale_range"]))
   print(f"wrote {out}")
   return report
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import hlo, quality, stats, step
+from benchmarks import hlo, quality, scale_range, stats, step
 
 _HLO = """HloModule m
 
@@ -130,6 +130,25 @@ def test_step_benchmark_quick_run_writes_results(tmp_path, capsys):
     assert name in printed
   for target in saved["targets"]:
     assert f"{target['verdict']:<7}" in printed and target["target"] in printed
+  assert saved["scale_range"].keys() == scale_range.optimizers().keys()
+  assert "relative deviation of the updates from c = 1" in printed
+
+
+def test_scale_range_shows_where_each_optimizer_breaks():
+  rows = scale_range.run(steps=10, size=16)
+  safe = rows["balanced_adam(eps=0, scale_safe=True)"]
+  assert safe["invariant_everywhere"]
+  assert max(safe["deviation"].values()) <= scale_range.TOLERANCE
+  # g^2 leaves float32 between 1e-20 and 1e-15, and between 1e15 and 1e20.
+  for name in ("balanced_adam(eps=0)", "optax.adam(b1=b2, eps=0)"):
+    assert rows[name]["invariant_range"] == [1e-15, 1e15], name
+  assert rows["optax.adam(b1=b2, eps=0)"]["deviation"]["1e-30"] == float("inf")
+  # With its default eps = 1e-8, optax.adam's updates shrink well before g^2
+  # underflows: by half at 1e-10, by more than the tolerance at 1e-5.
+  assert rows["optax.adam(b1=b2), eps=1e-8"]["deviation"]["1e-10"] > 0.5
+  assert rows["optax.adam(b1=b2), eps=1e-8"]["invariant_range"][0] == 1.0
+  text = scale_range.format_rows(rows)
+  assert text.splitlines()[2].split()[-13:] == ["ok"] * 13
 
 
 def test_best_runs_pick_the_lowest_loss_and_flag_grid_edges():
