@@ -36,8 +36,19 @@ def maybe_initialize_distributed() -> None:
   ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``), a SLURM step with more than
   one task, or an Open MPI launch. A plain single process does nothing.
   """
-  if _launched_multiprocess() and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  if not _launched_multiprocess() or jax.distributed.is_initialized():
+    return
+  # jax reads JAX_COORDINATOR_ADDRESS itself but not the other two; SLURM and
+  # Open MPI launches are detected by jax from their own variables.
+  env = {
+    arg: int(os.environ[name])
+    for arg, name in (
+      ("num_processes", "JAX_NUM_PROCESSES"),
+      ("process_id", "JAX_PROCESS_ID"),
+    )
+    if name in os.environ
+  }
+  jax.distributed.initialize(**env)
 
 
 def make_mesh() -> jax.sharding.Mesh:

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import textwrap
 
@@ -115,29 +116,49 @@ _MULTI_DEVICE_RUN = textwrap.dedent(
   _, _, params = loop.train(config, workdir, train.make_task(config, corpus))
   specs = [x.sharding.spec for x in jax.tree.leaves(params)]
   print(json.dumps({"devices": jax.device_count(),
+                    "processes": jax.process_count(),
                     "sharded": sum(any(s is not None for s in spec) for spec in specs),
                     "leaves": len(specs)}))
   """
 )
 
 
-def _run_on_cpus(num_devices, data, workdir, subprocess_env, python):
-  env = subprocess_env(
+def _cpu_env(subprocess_env, num_devices, **extra):
+  return subprocess_env(
     XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
     JAX_PLATFORMS="cpu",
     # XLA's optimisation passes take 9 of the 8-device program's 10 s of
     # compiling, for 20 tiny steps; sharding and partitioning still run.
     JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+    **extra,
   )
+
+
+def _run_on_cpus(num_devices, data, workdir, subprocess_env, python):
   out = subprocess.run(
     [python, "-c", _MULTI_DEVICE_RUN, data, str(workdir)],
-    env=env,
+    env=_cpu_env(subprocess_env, num_devices),
     capture_output=True,
     text=True,
     timeout=120,
     check=True,
   )
   return json.loads(out.stdout.strip().splitlines()[-1]), read_metrics(workdir)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _assert_matches_reference(history, reference):
+  reference = {r["step"]: r for r in reference}
+  assert [r["step"] for r in history] == [1, 10, 20]
+  for record in history:
+    ref = reference[record["step"]]
+    for key in ("train_loss", "grad_rms", "update_rms"):
+      np.testing.assert_allclose(record[key], ref[key], rtol=2e-5, err_msg=key)
 
 
 def test_eight_simulated_devices_match_one(
@@ -155,9 +176,48 @@ def test_eight_simulated_devices_match_one(
     _, reference = _run_on_cpus(
       1, tiny_config.data, tmp_path / "1", subprocess_env, python
     )
-  reference = {r["step"]: r for r in reference}
-  assert [r["step"] for r in history] == [1, 10, 20]
-  for record in history:
-    ref = reference[record["step"]]
-    for key in ("train_loss", "grad_rms", "update_rms"):
-      np.testing.assert_allclose(record[key], ref[key], rtol=2e-5, err_msg=key)
+  _assert_matches_reference(history, reference)
+
+
+def test_two_processes_match_one(
+  reference_run, tiny_config, tmp_path, subprocess_env, python
+):
+  """Launched as 2 processes of 2 CPU devices each (jax.distributed, set up
+  by the trainer from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID; collectives through gloo): the same losses as 1 device,
+  one metrics file, one checkpoint."""
+  workdir, port = tmp_path / "2x2", _free_port()
+  procs = [
+    subprocess.Popen(
+      [python, "-c", _MULTI_DEVICE_RUN, tiny_config.data, str(workdir)],
+      env=_cpu_env(
+        subprocess_env,
+        2,
+        JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+        JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(i),
+      ),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  try:
+    outputs = [p.communicate(timeout=180) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (out, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+    info = json.loads(out.strip().splitlines()[-1])
+    assert (info["processes"], info["devices"]) == (2, 4)
+    assert 0 < info["sharded"] < info["leaves"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["20"]
+  if jax.default_backend() == "cpu":
+    reference = reference_run[2]
+  else:
+    _, reference = _run_on_cpus(
+      1, tiny_config.data, tmp_path / "1", subprocess_env, python
+    )
+  _assert_matches_reference(read_metrics(workdir), reference)
