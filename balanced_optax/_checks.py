@@ -37,10 +37,16 @@ def check_interval(
   *,
   high_open: bool = False,
 ) -> None:
-  """Raises ValueError unless ``low <= value <= high`` (``< high`` if open)."""
+  """Raises ValueError unless ``low <= value <= high`` (``< high`` if open).
+
+  An unbounded range (``high=inf``) is open: infinity is never a valid
+  hyperparameter (an infinite learning rate or eps is a NaN or a frozen
+  model waiting to happen).
+  """
   x = _concrete_float(name, value)
   if x is None:
     return
+  high_open = high_open or math.isinf(high)
   in_range = low <= x < high if high_open else low <= x <= high
   if not in_range:  # NaN lands here too.
     closing = ")" if high_open else "]"

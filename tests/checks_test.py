@@ -38,16 +38,18 @@ def test_valid_betas_are_accepted(beta):
     lambda e: bo.balanced_adamw(1e-3, eps=e),
   ),
 )
-def test_negative_eps(make):
-  with pytest.raises(ValueError, match=r"eps must be in \[0.0, inf\]"):
-    make(-1e-8)
+def test_negative_or_infinite_eps(make):
+  for bad in (-1e-8, float("inf"), float("nan")):
+    with pytest.raises(ValueError, match=r"eps must be in \[0.0, inf\)"):
+      make(bad)
   make(0.0)  # Zero is allowed (and safe).
 
 
 @pytest.mark.parametrize("make", (bo.balanced_adam, bo.balanced_adamw))
-def test_negative_constant_learning_rate(make):
-  with pytest.raises(ValueError, match=r"learning_rate must be in \[0.0, inf\]"):
-    make(-1e-3)
+def test_negative_or_infinite_constant_learning_rate(make):
+  for bad in (-1e-3, float("inf"), float("nan")):
+    with pytest.raises(ValueError, match=r"learning_rate must be in \[0.0, inf\)"):
+      make(bad)
   make(optax.linear_schedule(1e-3, 0.0, 10))  # Schedules are optax's business.
 
 
