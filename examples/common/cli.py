@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
+
 from examples.common import config as config_lib
 
 
@@ -58,5 +60,6 @@ def main(
   argv = sys.argv[1:] if argv is None else argv
   config, workdir = parse_args(argv, configs, default_workdir)
   metrics = train_and_evaluate(config, workdir)
-  print(json.dumps(metrics, sort_keys=True))
+  if jax.process_index() == 0:  # one line per run, also when multi-process
+    print(json.dumps(metrics, sort_keys=True))
   return metrics
