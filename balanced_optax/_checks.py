@@ -29,6 +29,29 @@ def _concrete_float(name: str, value: Any) -> float | None:
   return float(array)
 
 
+def in_interval(
+  name: str,
+  value: Any,
+  low: float,
+  high: float = math.inf,
+  *,
+  low_open: bool = False,
+  high_open: bool = False,
+) -> np.ndarray:
+  """``value`` (a number or an array) as float64, or ValueError naming ``name``
+  and the interval unless every element lies in it (NaN never does)."""
+  try:
+    x = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{name} must be a number or an array of numbers.") from e
+  above = x > low if low_open else x >= low
+  below = x < high if high_open else x <= high
+  if not np.all(above & below):
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    raise ValueError(f"{name} must be in {interval}, got {value!r}.")
+  return x
+
+
 def check_interval(
   name: str,
   value: Any,
@@ -37,20 +60,15 @@ def check_interval(
   *,
   high_open: bool = False,
 ) -> None:
-  """Raises ValueError unless ``low <= value <= high`` (``< high`` if open).
+  """For a scalar hyperparameter: ValueError unless ``low <= value <= high``
+  (``< high`` if open); nothing when it is traced.
 
   An unbounded range (``high=inf``) is open: infinity is never a valid
   hyperparameter (an infinite learning rate or eps is a NaN or a frozen
   model waiting to happen).
   """
-  x = _concrete_float(name, value)
-  if x is None:
-    return
-  high_open = high_open or math.isinf(high)
-  in_range = low <= x < high if high_open else low <= x <= high
-  if not in_range:  # NaN lands here too.
-    closing = ")" if high_open else "]"
-    raise ValueError(f"{name} must be in [{low}, {high}{closing}, got {value!r}.")
+  if _concrete_float(name, value) is not None:
+    in_interval(name, value, low, high, high_open=high_open or math.isinf(high))
 
 
 def check_beta(name: str, value: Any) -> None:

@@ -22,21 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from balanced_optax import _checks
+
 ArrayLike = float | np.ndarray | Sequence[float]
-
-
-def _checked(name, value, low, high=math.inf, *, low_open=False, high_open=False):
-  """``value`` as a float array, or ValueError naming ``name`` (NaN fails)."""
-  try:
-    x = np.asarray(value, dtype=np.float64)
-  except (TypeError, ValueError) as e:
-    raise TypeError(f"{name} must be a number or an array of numbers.") from e
-  above = x > low if low_open else x >= low
-  below = x < high if high_open else x <= high
-  if not np.all(above & below):
-    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    raise ValueError(f"{name} must be in {interval}, got {value!r}.")
-  return x
 
 
 def _out(x: np.ndarray) -> float | np.ndarray:
@@ -44,7 +32,7 @@ def _out(x: np.ndarray) -> float | np.ndarray:
 
 
 def _beta(name: str, value: ArrayLike) -> np.ndarray:
-  return _checked(name, value, 0.0, 1.0, high_open=True)
+  return _checks.in_interval(name, value, 0.0, 1.0, high_open=True)
 
 
 def memory_horizon(beta: ArrayLike) -> float | np.ndarray:
@@ -129,7 +117,7 @@ def beta_from_half_life(steps: ArrayLike) -> float | np.ndarray:
     [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
     Adam, arXiv 2605.10119, 2026.
   """
-  s = _checked("steps", steps, 0.0, low_open=True)
+  s = _checks.in_interval("steps", steps, 0.0, low_open=True)
   return _out(np.exp2(-1.0 / s))
 
 
@@ -162,7 +150,7 @@ def refresh_count(beta: ArrayLike, t_es: ArrayLike) -> float | np.ndarray:
     Adam, arXiv 2605.10119, 2026.
   """
   b = _beta("beta", beta)
-  t = _checked("t_es", t_es, 0.0, low_open=True)
+  t = _checks.in_interval("t_es", t_es, 0.0, low_open=True)
   return _out((1.0 - b) * t)
 
 
@@ -199,8 +187,8 @@ def beta_from_refresh(t_es: ArrayLike, refresh: ArrayLike = 1000) -> float | np.
     [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
     Adam, arXiv 2605.10119, 2026.
   """
-  r = _checked("refresh", refresh, 0.0, low_open=True)
-  t = _checked("t_es", t_es, 0.0, low_open=True)
+  r = _checks.in_interval("refresh", refresh, 0.0, low_open=True)
+  t = _checks.in_interval("t_es", t_es, 0.0, low_open=True)
   if np.any(t <= r):
     raise ValueError(
       f"t_es={t_es!r} is too short for refresh={refresh!r}: R = (1 - beta) t_es"
@@ -240,7 +228,7 @@ def scale_beta_for_batch(beta: ArrayLike, kappa: ArrayLike) -> float | np.ndarra
     [B23] Busbridge et al., How to Scale Your EMA, NeurIPS 2023.
   """
   b = _beta("beta", beta)
-  k = _checked("kappa", kappa, 0.0, low_open=True)
+  k = _checks.in_interval("kappa", kappa, 0.0, low_open=True)
   return _out(b**k)
 
 
@@ -431,7 +419,7 @@ def estimate_effective_horizon(
       )
     if np.any(np.diff(t) <= 0):
       raise ValueError("steps must be strictly increasing.")
-  q = float(_checked("fraction", fraction, 0.0, 1.0, low_open=True))
+  q = float(_checks.in_interval("fraction", fraction, 0.0, 1.0, low_open=True))
   if window is None:
     window = max(3, 2 * round(len(losses) / 20) + 1)
   if not isinstance(window, int | np.integer) or window < 1 or window % 2 == 0:
