@@ -134,11 +134,12 @@ def tied_moments(
     _checks.check_same_structure("tied_moments", updates, state.mu)
     grads = _tree.upcast(updates)
     count = optax.safe_increment(state.count)
-    mu = otu.update_moment(grads, _tree.upcast(state.mu), beta, 1)
-    nu = otu.update_moment_per_elem_norm(grads, _tree.upcast(state.nu), beta, 2)
+    old_mu, old_nu = _tree.upcast(state.mu), _tree.upcast(state.nu)
+    mu = otu.update_moment(grads, old_mu, beta, 1)
+    nu = otu.update_moment_per_elem_norm(grads, old_nu, beta, 2)
     if guard_nonfinite:
-      mu = _tree.where_finite(grads, mu, _tree.upcast(state.mu))
-      nu = _tree.where_finite(grads, nu, _tree.upcast(state.nu))
+      mu = _tree.where_finite(grads, mu, old_mu)
+      nu = _tree.where_finite(grads, nu, old_nu)
     store = functools.partial(
       _rounding.store, count=count, stochastic=stochastic_rounding
     )

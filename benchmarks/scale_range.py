@@ -75,11 +75,12 @@ def relative_deviation(
   an update is not finite)."""
   updates = _run_stream(tx)
   want = np.asarray(updates(grads_TxD), np.float64)
+  # Scaled in float64 and rounded once to float32, so 1e-30 * g is a float32
+  # gradient, not an underflow of the product.
+  grads64 = np.asarray(grads_TxD, np.float64)
   deviations = []
   for c in scales:
-    # Scaled in float64 and rounded once to float32, so 1e-30 * g is a float32
-    # gradient, not an underflow of the product.
-    scaled = jnp.asarray(np.asarray(grads_TxD, np.float64) * c, jnp.float32)
+    scaled = jnp.asarray(grads64 * c, jnp.float32)
     got = np.asarray(updates(scaled), np.float64)
     finite = np.all(np.isfinite(got))
     deviations.append(
