@@ -36,11 +36,9 @@ class TrainState(NamedTuple):
 
 
 def tree_rms(tree: Any) -> jax.Array:
-  """sqrt(sum of squares / number of entries) over all leaves."""
-  leaves = jax.tree.leaves(tree)
-  total = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
-  count = sum(x.size for x in leaves)
-  return jnp.sqrt(total / max(count, 1))
+  """sqrt(sum of squares / number of entries) over all leaves, in float32."""
+  sum_of_squares = optax.tree.norm(optax.tree.cast(tree, jnp.float32), squared=True)
+  return jnp.sqrt(sum_of_squares / max(optax.tree.size(tree), 1))
 
 
 def moment_metrics(
@@ -54,14 +52,11 @@ def moment_metrics(
   sign step. The median SNR (a sort of the whole model) is left out: these
   run every step.
   """
-  from_state = getattr(balanced_optax, "moments_from_state", None)
-  statistics = getattr(balanced_optax, "moment_statistics", None)
-  if from_state is None or statistics is None:  # an older balanced_optax
-    return {}
-  moments = from_state(opt_state, beta)
+  moments = balanced_optax.moments_from_state(opt_state, beta)
   if moments is None:
     return {}
-  return {f"moments/{k}": v for k, v in statistics(moments, eps, median=False).items()}
+  statistics = balanced_optax.moment_statistics(moments, eps, median=False)
+  return {f"moments/{k}": v for k, v in statistics.items()}
 
 
 def make_train_step(
