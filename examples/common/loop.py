@@ -80,15 +80,13 @@ def _initial_state(task: Task, tx, mesh, fsdp: bool, checkpointer: Checkpointer)
 
   abstract = jax.eval_shape(init_state)
   sharding = mesh_lib.state_shardings(abstract, mesh, fsdp)
-  start = checkpointer.latest_step() or 0
-  if start:
-    abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract,
-      sharding,
-    )
-    state = checkpointer.restore(start, abstract)
-  else:
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    abstract,
+    sharding,
+  )
+  state, start = checkpointer.restore_latest(abstract)
+  if not start:
     state = jax.jit(init_state, out_shardings=sharding)()
   return graphdef, state, sharding, start
 
