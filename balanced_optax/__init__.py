@@ -12,6 +12,7 @@ for logging.
 from balanced_optax.adam import ScaleSafeAdamState, scale_by_balanced_adam
 from balanced_optax.alias import balanced_adam, balanced_adamw
 from balanced_optax.beta_rules import (
+  BETA_GRID,
   beta_from_half_life,
   beta_from_refresh,
   estimate_effective_horizon,
@@ -20,6 +21,7 @@ from balanced_optax.beta_rules import (
   memory_horizon,
   refresh_count,
   scale_beta_for_batch,
+  snap_beta,
 )
 from balanced_optax.diagnostics import (
   first_order_scale_coefficient,
@@ -53,6 +55,7 @@ __all__ = (
   "scale_sensitivity",
   "update_norm_stability",
   # Choosing beta [FH26b, B23, Z22].
+  "BETA_GRID",
   "beta_from_half_life",
   "beta_from_refresh",
   "estimate_effective_horizon",
@@ -61,6 +64,7 @@ __all__ = (
   "memory_horizon",
   "refresh_count",
   "scale_beta_for_batch",
+  "snap_beta",
   # Moment statistics for logging.
   "moment_statistics",
   "moments_from_state",

@@ -35,6 +35,66 @@ def _beta(name: str, value: ArrayLike) -> np.ndarray:
   return _checks.in_interval(name, value, 0.0, 1.0, high_open=True)
 
 
+BETA_GRID: tuple[float, ...] = tuple(1.0 - 10.0 ** (-k / 4) for k in range(13))
+r"""[FH26b]'s sweep grid of 13 memories, :math:`1 - \beta = 10^{-k/4}`, k = 0..12.
+
+Stored exactly as :math:`1 - 10^{-k/4}` (in float64): 0, 0.437659, 0.683772,
+0.822172, 0.9, 0.943766, 0.968377, 0.982217, 0.99, 0.994377, 0.996838,
+0.998222, 0.999. [FH26b] publishes these rounded to 5 decimals (0.43766,
+0.68377, ...); every exact value rounds to its published one, and snapping to
+either gives the same grid point for all of [FH26b]'s selections: rounding
+moves a midpoint between neighbours by at most 5e-6, and the closest of their
+rule's betas, 0.975 (T_ES = 40000), lies 3e-4 below the midpoint 0.97530 of
+0.96838 and 0.98222. The exact values keep
+:math:`-\log_{10}(1-\beta)` on the quarter-decade lattice, and a range written
+with the rounded values, e.g. ``beta >= 0.68377``, still contains its end point.
+"""
+
+
+def snap_beta(
+  beta: ArrayLike, grid: Sequence[float] | np.ndarray = BETA_GRID
+) -> float | np.ndarray:
+  r"""The grid value nearest to ``beta`` in beta distance, ties to the smaller.
+
+  .. math::
+
+    \operatorname{snap}(\beta) = \min \operatorname*{arg\,min}_{g \in G}
+    |\beta - g|.
+
+  Distances are measured in :math:`\beta` itself, not in
+  :math:`\log(1-\beta)`, as in [FH26b] and [FH26c]; an exact tie (in float64)
+  goes to the smaller grid value, the shorter memory.
+
+  Args:
+    beta: memory in [0, 1), a float or an array (snapped elementwise).
+    grid: the candidate memories, a non-empty 1-D sequence in [0, 1), in any
+      order (default :data:`BETA_GRID`).
+
+  Returns:
+    The snapped beta, a float for scalar input, an array of ``beta``'s shape
+    otherwise.
+
+  Example:
+    >>> import balanced_optax as bo
+    >>> print(round(bo.snap_beta(0.95), 5), round(bo.snap_beta(0.975), 5))
+    0.94377 0.96838
+    >>> print(bo.snap_beta([0.5, 0.97], grid=(0.9, 0.99)))
+    [0.9  0.99]
+
+  References:
+    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
+    Adam, arXiv 2605.10119, 2026.
+  """
+  b = _beta("beta", beta)
+  g = _beta("grid", grid)
+  if g.ndim != 1 or g.size == 0:
+    raise ValueError(f"grid must be a non-empty 1-D sequence, got shape {g.shape}.")
+  g = np.sort(g)
+  # argmin returns the first minimum, which after sorting is the smaller value.
+  nearest = np.argmin(np.abs(b[..., None] - g), axis=-1)
+  return _out(g[nearest])
+
+
 def memory_horizon(beta: ArrayLike) -> float | np.ndarray:
   r"""The memory horizon :math:`H_\beta = 1/(1-\beta)` of an EMA, in steps.
 

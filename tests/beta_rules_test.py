@@ -210,3 +210,37 @@ class TestEffectiveHorizon:
   def test_bad_input(self, losses, steps, kwargs, match):
     with pytest.raises(ValueError, match=match):
       beta_rules.estimate_effective_horizon(losses, steps, **kwargs)
+
+
+class TestGrid:
+  PUBLISHED = (
+    0,
+    0.43766,
+    0.68377,
+    0.82217,
+    0.9,
+    0.94377,
+    0.96838,
+    0.98222,
+    0.99,
+    0.99438,
+    0.99684,
+    0.99822,
+    0.999,
+  )
+
+  def test_grid_is_the_quarter_decade_lattice(self):
+    assert len(beta_rules.BETA_GRID) == 13
+    np.testing.assert_allclose(
+      -np.log10(1 - np.array(beta_rules.BETA_GRID)), np.arange(13) / 4, rtol=1e-12
+    )
+    np.testing.assert_array_equal(np.round(beta_rules.BETA_GRID, 5), self.PUBLISHED)
+
+  def test_snap_nearest_ties_to_smaller(self):
+    assert beta_rules.snap_beta(0.95) == beta_rules.BETA_GRID[5]
+    assert beta_rules.snap_beta(0.5, grid=(0.25, 0.75)) == 0.25
+    assert beta_rules.snap_beta(0.0) == 0.0
+    np.testing.assert_array_equal(
+      beta_rules.snap_beta(np.array([[0.1, 0.89], [0.91, 0.97]]), grid=(0.99, 0.9)),
+      [[0.9, 0.9], [0.9, 0.99]],
+    )
