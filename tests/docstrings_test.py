@@ -1,8 +1,10 @@
-"""Every docstring example in the library runs and prints what it says."""
+"""Every public docstring documents its arguments and carries an example that runs."""
 
 import doctest
 import importlib
+import inspect
 import pkgutil
+import re
 
 import pytest
 
@@ -13,32 +15,50 @@ MODULES = sorted(
   for info in pkgutil.iter_modules(balanced_optax.__path__, "balanced_optax.")
   if not info.name.rsplit(".", 1)[-1].startswith("_")
 )
+FUNCTIONS = sorted(
+  name
+  for name in balanced_optax.__all__
+  if inspect.isfunction(getattr(balanced_optax, name))
+)
+_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
-def test_every_public_name_is_documented():
-  for name in balanced_optax.__all__:
-    doc = getattr(balanced_optax, name).__doc__
-    assert doc and len(doc.strip()) > 40, name
+def _args_section(doc: str) -> str:
+  match = re.search(r"\n\s*Args:\n(.*?)(?:\n\s*\n\s*[A-Z][a-z]+:\n|\Z)", doc, re.S)
+  return match.group(1) if match else ""
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_every_argument_is_documented(name):
+  fn = getattr(balanced_optax, name)
+  documented = set(
+    re.findall(r"^\s{2,}(\w+)(?: \(.*?\))?:", _args_section(fn.__doc__), re.M)
+  )
+  parameters = set(inspect.signature(fn).parameters)
+  assert parameters <= documented, f"{name}: undocumented {parameters - documented}"
+
+
+@pytest.mark.parametrize("name", sorted(balanced_optax.__all__))
+def test_every_public_name_has_an_example_that_runs(name):
+  obj = getattr(balanced_optax, name)
+  if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+    pytest.skip(f"{name} is a constant; its module's examples cover it")
+  if inspect.isclass(obj) and issubclass(obj, tuple):
+    pytest.skip(
+      f"{name} is a state/result NamedTuple; its producer's example covers it"
+    )
+  tests = doctest.DocTestFinder(recurse=False).find(obj, name, globs={})
+  examples = sum(len(t.examples) for t in tests)
+  assert examples >= 2, f"{name}'s docstring has no example"
+  runner = doctest.DocTestRunner(optionflags=_FLAGS)
+  for t in tests:
+    runner.run(t)
+  assert runner.summarize(verbose=False).failed == 0
 
 
 @pytest.mark.parametrize("module_name", MODULES)
 def test_docstring_examples(module_name):
   module = importlib.import_module(module_name)
-  result = doctest.testmod(
-    module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-  )
+  result = doctest.testmod(module, optionflags=_FLAGS)
   assert result.failed == 0, f"{result.failed} docstring example(s) failed"
-
-
-def test_public_transforms_have_examples_and_references():
-  for name in (
-    "tied_moments",
-    "variance_ema",
-    "snr_sign_step",
-    "scale_by_balanced_adam",
-    "balanced_adam",
-    "balanced_adamw",
-  ):
-    doc = getattr(balanced_optax, name).__doc__
-    for section in ("Args:", "Returns:", "Example:", "References:", ".. math::"):
-      assert section in doc, (name, section)
+  assert result.attempted > 0, f"{module_name} has no docstring example"

@@ -117,6 +117,7 @@ NOTEBOOKS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   ("name", "check", "env"), NOTEBOOKS, ids=[p.values[0] for p in NOTEBOOKS]
 )

@@ -19,9 +19,34 @@ def _command(marker):
   return match.group(1)
 
 
-def test_readme_has_both_fresh_machine_commands():
-  assert "pip install" in _command("main-command")
-  assert "pytest" in _command("test-command")
+def _fresh_machine_steps(command):
+  """The ``&&``-separated steps of a fresh-machine command, checked for shape."""
+  steps = [step.strip() for step in command.split("&&")]
+  assert steps[:2] == ["python3 -m venv .venv", ". .venv/bin/activate"], steps
+  install = re.fullmatch(r'pip install -e "\.\[([\w,]+)\]"', steps[2])
+  assert install, steps[2]
+  extras = set(install.group(1).split(","))
+  with open(os.path.join(ROOT, "setup.cfg"), encoding="utf-8") as f:
+    declared = set(
+      re.findall(r"^(\w+) =$", f.read().split("[options.extras_require]")[1], re.M)
+    )
+  assert extras <= declared, f"README installs undeclared extras {extras - declared}"
+  return extras, steps[3:]
+
+
+def test_main_command_installs_then_runs_a_module_of_the_repository():
+  _, (run,) = _fresh_machine_steps(_command("main-command"))
+  module = re.fullmatch(r"python -m ([\w.]+)(?: .*)?", run)
+  assert module, run
+  path = os.path.join(ROOT, *module.group(1).split(".")) + ".py"
+  assert os.path.isfile(path), f"README runs {module.group(1)}, which does not exist"
+
+
+def test_test_command_installs_the_test_extra_and_runs_pytest_last():
+  extras, (*_, run) = _fresh_machine_steps(_command("test-command"))
+  assert "test" in extras, extras
+  assert run.startswith("pytest"), run
+  assert "-m" not in run.split(), "README's test command must run every tier"
 
 
 def test_ci_runs_the_readme_test_command():
