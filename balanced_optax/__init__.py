@@ -36,6 +36,12 @@ from balanced_optax.moments import (
   variance_ema,
 )
 from balanced_optax.monitoring import moment_statistics, moments_from_state
+from balanced_optax.selection import (
+  BetaSelection,
+  beta_from_noise_and_lag,
+  select_beta,
+  tracking_risk,
+)
 
 __version__ = "0.1.0"
 
@@ -65,6 +71,11 @@ __all__ = (
   "refresh_count",
   "scale_beta_for_batch",
   "snap_beta",
+  # Early memory selection [FH26c].
+  "BetaSelection",
+  "beta_from_noise_and_lag",
+  "select_beta",
+  "tracking_risk",
   # Moment statistics for logging.
   "moment_statistics",
   "moments_from_state",
