@@ -1,9 +1,23 @@
-"""Small tree helpers shared by the transforms (private)."""
+"""Small tree and dtype helpers shared by the transforms (private)."""
 
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def compute_dtype(dtype: Any) -> np.dtype:
+  """The arithmetic dtype for values stored in ``dtype``: at least float32.
+
+  complex64 stays complex64, float64 and complex128 (under x64) stay 64-bit.
+  """
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def real_dtype(dtype: Any) -> np.dtype:
+  """The real dtype of ``dtype``'s precision (complex64 -> float32)."""
+  return jnp.finfo(dtype).dtype
 
 
 def upcast(tree: Any) -> Any:
@@ -13,25 +27,84 @@ def upcast(tree: Any) -> Any:
   gradients are read into float32, updated there, and cast back on the way
   out, so an EMA increment of (1 - beta) * g is not rounded away in bfloat16.
   """
-  return jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
+  return jax.tree.map(lambda x: x.astype(compute_dtype(x.dtype)), tree)
 
 
-def zeros_for_state(params: Any, state_dtype: Any) -> Any:
+def _state_dtype_for(param_dtype: Any, state_dtype: Any, real: bool) -> np.dtype:
+  if state_dtype is None:
+    # float16 tops out at 65504 and g**2 passes that for any |g| > 256.
+    dtype = jnp.float32 if param_dtype == jnp.float16 else param_dtype
+  elif jnp.issubdtype(param_dtype, jnp.complexfloating):
+    # A real state_dtype names the precision; complex params keep their phase.
+    if state_dtype not in (jnp.float32, jnp.float64):
+      raise ValueError(
+        f"state_dtype must be float32 or float64 for complex params "
+        f"({jnp.dtype(param_dtype).name}): there is no complex {state_dtype.name}; "
+        f"got {state_dtype.name}."
+      )
+    dtype = jnp.complex64 if state_dtype == jnp.float32 else jnp.complex128
+  else:
+    dtype = state_dtype
+  dtype = jax.dtypes.canonicalize_dtype(dtype)
+  return real_dtype(dtype) if real else dtype
+
+
+def zeros_for_state(params: Any, state_dtype: Any, *, real: bool = False) -> Any:
   """Zero moments: in state_dtype, or by default in the params' dtype.
 
   The default makes one exception: float16 params get float32 moments, since
-  float16 tops out at 65504 and g**2 passes that for any |g| > 256.
+  float16 tops out at 65504 and g**2 passes that for any |g| > 256. For
+  complex params a real ``state_dtype`` (float32 or float64) means the complex
+  dtype of that precision; bfloat16 and float16 have no complex form and raise
+  ValueError. ``real=True`` gives the real dtype of that precision (for a
+  variance, which is real even where the params are complex).
   """
-  if state_dtype is not None:
-    return jax.tree.map(lambda x: jnp.zeros_like(x, dtype=state_dtype), params)
   return jax.tree.map(
-    lambda x: jnp.zeros_like(x, dtype=jnp.float32 if x.dtype == jnp.float16 else None),
-    params,
+    lambda x: jnp.zeros(x.shape, _state_dtype_for(x.dtype, state_dtype, real)), params
+  )
+
+
+def update_dtype(grad: Any, state: Any, param: Any = None) -> np.dtype:
+  """The dtype of optax.adam's update for one leaf: promote(params, grads).
+
+  Without the params, the stored moment stands in for them: it has the
+  params' dtype by default, except that float16 params keep float32 moments,
+  so float32 state with float16 gradients is read as float16 params. Pass the
+  params to ``update`` to make the rare mixes (float16 gradients for float32
+  params, low-precision state with low-precision gradients) exact.
+  """
+  grad_dtype = jnp.dtype(grad.dtype)
+  if param is not None:
+    return jnp.promote_types(param.dtype, grad_dtype)
+  state_dtype = jnp.dtype(state.dtype)
+  if grad_dtype == jnp.float16 and state_dtype == jnp.float32:
+    return grad_dtype
+  return jnp.promote_types(state_dtype, grad_dtype)
+
+
+def update_dtypes(grads: Any, state: Any, params: Any = None) -> tuple[np.dtype, ...]:
+  """:func:`update_dtype` for every leaf, in ``grads``' flat order."""
+  grad_leaves, treedef = jax.tree.flatten(grads)
+  state_leaves = treedef.flatten_up_to(state)
+  param_leaves = [None] * len(grad_leaves)
+  if params is not None:
+    try:
+      param_leaves = [
+        p if hasattr(p, "dtype") else None for p in treedef.flatten_up_to(params)
+      ]
+    except ValueError:  # A wrapper passed params of another shape: ignore them.
+      pass
+  return tuple(
+    update_dtype(g, s, p)
+    for g, s, p in zip(grad_leaves, state_leaves, param_leaves, strict=True)
   )
 
 
 def where_finite(grads: Any, new: Any, fallback: Any) -> Any:
-  """``new`` where the gradient is finite, ``fallback`` elsewhere (leafwise)."""
+  """``new`` where the gradient is finite, ``fallback`` elsewhere (leafwise).
+
+  A complex gradient is finite where both its parts are (``jnp.isfinite``).
+  """
   return jax.tree.map(
     lambda g, n, f: jnp.where(jnp.isfinite(g), n, f), grads, new, fallback
   )

@@ -10,6 +10,15 @@ Adam's direction, written with the gradient's mean and variance
 
 :func:`snr_sign_step` makes the amount of shrinkage a knob, ``power``, with
 Signum (``power=0``) and Adam (``power=0.5``) as two of its settings.
+
+For complex gradients ``sign(mean)`` is the phase ``mean / |mean|`` and
+``mean²`` is ``|mean|²``, so the Adam setting equals optax.adam on complex
+params. Where the moments come from an estimator, the direction comes back in
+the dtype of optax.adam's update for the same params and gradients (float32
+for float32 params with bfloat16 gradients, float16 for float16 ones), though
+it is computed from moments held in at least float32. Moments rebuilt by a
+transform placed between the estimator and this rule are rejected (see
+:mod:`balanced_optax.moments` for where clipping, masking and weight decay go).
 """
 
 import numbers
@@ -18,15 +27,31 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from balanced_optax import _checks
-from balanced_optax.moments import GradientMoments
+from balanced_optax import _checks, _tree
+from balanced_optax.moments import (
+  GradientMoments,
+  _abs2,
+  _EstimatedMoments,
+  _RebuiltMoments,
+)
+
+_REBUILT_MESSAGE = (
+  "snr_sign_step got GradientMoments that a transform rebuilt from their leaves "
+  "after the estimator (e.g. optax.clip_by_global_norm, optax.scale or "
+  "optax.add_decayed_weights placed between tied_moments/variance_ema and "
+  "snr_sign_step): it treated the mean and the variance as one gradient. Put "
+  "clipping before the estimator, weight decay after snr_sign_step (before the "
+  "learning rate), and wrap the whole chain in optax.masked/optax.partition. "
+  "To pass an estimator's output across a jax.jit boundary on purpose, give "
+  "GradientMoments(*moments)."
+)
 
 
-def _direction(mean, variance, eps, power):
+def _direction(mean, variance, eps, power, out_dtype):
   """sign(mean) * rho^(2p), computed so that 0/0 gives 0 rather than NaN."""
-  dtype = jnp.promote_types(mean.dtype, jnp.float32)
-  mean32, variance32 = mean.astype(dtype), variance.astype(dtype)
-  denom = jnp.sqrt(mean32 * mean32 + variance32) + eps
+  mean32 = mean.astype(_tree.compute_dtype(mean.dtype))
+  variance32 = jnp.real(variance).astype(_tree.real_dtype(mean32.dtype))
+  denom = jnp.sqrt(_abs2(mean32) + variance32) + eps
   # mean == 0 is the only way denom can be 0 (with eps = 0); its step is 0.
   positive_eps = isinstance(eps, numbers.Real) and eps > 0
   safe_denom = denom if positive_eps else jnp.where(denom == 0, 1, denom)
@@ -40,7 +65,7 @@ def _direction(mean, variance, eps, power):
   else:
     rho = jnp.abs(mean32) / safe_denom
     step = jnp.sign(mean32) * jnp.power(jnp.where(rho > 0, rho, 1), 2 * power)
-  return step.astype(mean.dtype)
+  return step.astype(out_dtype)
 
 
 def snr_sign_step(
@@ -54,13 +79,18 @@ def snr_sign_step(
 
   .. math::
 
-    \rho = \frac{|\mu|}{\sqrt{\mu^2 + \sigma^2} + \varepsilon}, \qquad
+    \rho = \frac{|\mu|}{\sqrt{|\mu|^2 + \sigma^2} + \varepsilon}, \qquad
     d = \operatorname{sign}(\mu)\, \rho^{2p}.
 
   ``power`` p = 0 is Signum's :math:`\operatorname{sign}(\mu)`, p = 1/2 is
   Adam's :math:`\mu / (\sqrt{\mu^2+\sigma^2} + \varepsilon)`, p = 1 shrinks
   by the squared SNR. Where :math:`\mu = 0` the direction is 0, also with
-  ``eps=0`` (never NaN). Chain it with ``optax.scale_by_learning_rate``.
+  ``eps=0`` (never NaN). For a complex mean, :math:`\operatorname{sign}(\mu)
+  = \mu / |\mu|` (its phase) and :math:`\sigma^2 = E|g - \mu|^2`, so p = 1/2
+  is optax.adam's complex update. Chain it with
+  ``optax.scale_by_learning_rate``; put nothing that maps over gradients
+  between the estimator and this rule (it raises TypeError on such rebuilt
+  moments): clip before the estimator, add weight decay after this rule.
 
   Args:
     eps: added to the denominator, >= 0 (as Adam's ``eps``).
@@ -70,7 +100,9 @@ def snr_sign_step(
 
   Returns:
     A stateless ``optax.GradientTransformation`` that takes
-    :class:`GradientMoments` and returns a direction pytree like the params.
+    :class:`GradientMoments` and returns a direction pytree like the params:
+    in optax.adam's update dtype for an estimator's moments, in the mean's
+    dtype for moments built by hand.
 
   Example:
     >>> import jax.numpy as jnp
@@ -100,6 +132,8 @@ def snr_sign_step(
 
   def update_fn(updates, state, params=None):
     del params
+    if isinstance(updates, _RebuiltMoments):
+      raise TypeError(_REBUILT_MESSAGE)
     if not isinstance(updates, GradientMoments):
       raise TypeError(
         "snr_sign_step expects GradientMoments(mean, variance); put "
@@ -107,8 +141,18 @@ def snr_sign_step(
         f"in the chain. Got {type(updates).__name__}."
       )
     _checks.check_same_structure("snr_sign_step", updates.variance, updates.mean)
-    direction = jax.tree.map(
-      lambda m, v: _direction(m, v, eps, power), updates.mean, updates.variance
+    means, treedef = jax.tree.flatten(updates.mean)
+    variances = treedef.flatten_up_to(updates.variance)
+    if isinstance(updates, _EstimatedMoments):
+      out_dtypes = updates.update_dtypes
+    else:
+      out_dtypes = [m.dtype for m in means]
+    direction = jax.tree.unflatten(
+      treedef,
+      [
+        _direction(m, v, eps, power, d)
+        for m, v, d in zip(means, variances, out_dtypes, strict=True)
+      ],
     )
     return direction, state
 

@@ -4,14 +4,45 @@ Both transforms turn gradients into :class:`GradientMoments` (a mean and a
 variance pytree, each shaped like the params). They differ only in the state
 they keep:
 
-* :func:`tied_moments` keeps Adam's two EMAs, of g and of g², and emits
-  ``variance = v̂ - m̂²``. Its state is ``optax.ScaleByAdamState``, so it reads
+* :func:`tied_moments` keeps Adam's two EMAs, of g and of |g|², and emits
+  ``variance = v̂ - |m̂|²``. Its state is ``optax.ScaleByAdamState``, so it reads
   and writes optax.adam's checkpoints.
 * :func:`variance_ema` keeps the mean and the variance themselves, updated by
   the online Gaussian variational-inference rule of [OG25], which has no
   ``v - m²`` cancellation.
 
 Feed either into :func:`balanced_optax.snr_sign_step` to get Adam's direction.
+
+For a complex gradient the mean is the (complex) EMA of g and the variance is
+the real, non-negative :math:`E|g - \text{mean}|^2`, so that
+:math:`|\text{mean}|^2 + \text{variance}` is Adam's second moment
+:math:`E|g|^2` (optax's ``update_moment_per_elem_norm``).
+
+The moments are emitted in at least float32 (float16 and bfloat16 gradients
+included: a float16 variance overflows at |g| > 256), and they carry the dtype
+the final update must have (optax.adam's: the promotion of the params' and the
+gradients' dtypes), which :func:`~balanced_optax.snr_sign_step` casts to.
+
+Composing a chain. The moments are a pair of statistics, not a gradient, so
+nothing that acts on gradients may sit between the estimator and the
+direction rule: ``optax.chain(variance_ema(b), optax.clip_by_global_norm(1.0),
+snr_sign_step())`` would clip the mean and the variance together. Such a
+transform rebuilds the moments from their leaves, and
+:func:`~balanced_optax.snr_sign_step` rejects rebuilt moments with an error
+that says where the transform belongs:
+
+* clipping (``optax.clip_by_global_norm``, ``optax.clip``) acts on gradients:
+  put it *before* the estimator, as in ``optax.chain(clip, adam)``;
+* weight decay (``optax.add_decayed_weights``) acts on the direction: put it
+  *after* :func:`~balanced_optax.snr_sign_step` and before the learning rate,
+  as ``optax.adamw`` does;
+* masking: wrap the whole chain in ``optax.masked`` (or ``optax.partition``),
+  never a single link of it.
+
+Moments built by hand, ``GradientMoments(mean, variance)``, are always
+accepted, also as arguments of a jitted function. To carry an estimator's
+output across a ``jax.jit`` boundary into the direction rule on purpose
+(which also rebuilds it), pass ``GradientMoments(*moments)``.
 """
 
 import functools
@@ -29,8 +60,9 @@ class GradientMoments(NamedTuple):
   """The gradient's estimated mean and variance, each a pytree like the params.
 
   Attributes:
-    mean: estimated mean of the gradient.
-    variance: estimated per-coordinate variance of the gradient (>= 0).
+    mean: estimated mean of the gradient (complex for complex gradients).
+    variance: estimated per-coordinate variance of the gradient, real and
+      >= 0; for complex gradients E|g - mean|².
   """
 
   mean: optax.Updates
@@ -43,7 +75,8 @@ class VarianceEmaState(NamedTuple):
   Attributes:
     count: number of updates taken (int32 scalar).
     mean: current mean estimate (bias-corrected when ``debias=True``).
-    variance: current variance estimate (bias-corrected when ``debias=True``).
+    variance: current variance estimate (bias-corrected when ``debias=True``),
+      real also for complex params.
   """
 
   count: jax.Array
@@ -51,13 +84,70 @@ class VarianceEmaState(NamedTuple):
   variance: optax.Updates
 
 
-def _emit(updates, mean, variance, guard_nonfinite: bool) -> GradientMoments:
-  """Moments in the gradients' dtype; zero where the gradient was not finite."""
-  if guard_nonfinite:
-    zeros = otu.zeros_like(mean)
-    mean = _tree.where_finite(updates, mean, zeros)
-    variance = _tree.where_finite(updates, variance, zeros)
-  return GradientMoments(otu.cast_like(mean, updates), otu.cast_like(variance, updates))
+class _EstimatedMoments(GradientMoments):
+  """GradientMoments as an estimator emits them.
+
+  ``update_dtypes`` (one per leaf, in the flat order of ``mean``) is the dtype
+  of the update the direction rule must return. Flattening and unflattening
+  yields :class:`_RebuiltMoments`, so the direction rule can tell that a
+  transform mapped over the moments on their way to it.
+  """
+
+
+class _RebuiltMoments(GradientMoments):
+  """Estimated moments that were rebuilt from their leaves (by a tree map)."""
+
+
+def _flatten_with_keys(moments):
+  children = (
+    (jax.tree_util.GetAttrKey("mean"), moments.mean),
+    (jax.tree_util.GetAttrKey("variance"), moments.variance),
+  )
+  return children, moments.update_dtypes
+
+
+def _unflatten(update_dtypes, children):
+  del update_dtypes
+  return _RebuiltMoments(*children)
+
+
+jax.tree_util.register_pytree_with_keys(
+  _EstimatedMoments,
+  _flatten_with_keys,
+  _unflatten,
+  lambda m: ((m.mean, m.variance), m.update_dtypes),
+)
+
+
+def _emit(mean, variance, update_dtypes) -> _EstimatedMoments:
+  moments = _EstimatedMoments(mean, variance)
+  moments.update_dtypes = update_dtypes
+  return moments
+
+
+def _abs2(x: jax.Array) -> jax.Array:
+  """|x|², real, without the square root and re-square of jnp.abs."""
+  if jnp.iscomplexobj(x):
+    return x.real * x.real + x.imag * x.imag
+  return x * x
+
+
+def _excess(second: jax.Array, mean: jax.Array) -> jax.Array:
+  """max(second - |mean|², 0), infinite (not NaN) where second overflowed."""
+  second = jnp.real(second)
+  # |mean|² <= second, so it can only overflow where second has: inf - inf
+  # there would be NaN, and inf is what the moments say (the step is 0, as
+  # optax.adam's m̂ / sqrt(inf)).
+  return jnp.where(jnp.isinf(second), second, jnp.maximum(second - _abs2(mean), 0))
+
+
+def _hold_factor(beta, count):
+  """c_k / c_{k-1}: what keeps m / c (the debiased moment) where g is skipped.
+
+  At the first step the moments are zero and stay zero; any finite factor does.
+  """
+  c_now, c_before = 1 - beta**count, 1 - beta ** (count - 1)
+  return jnp.where(count > 1, c_now / jnp.where(count > 1, c_before, 1), 1)
 
 
 def tied_moments(
@@ -76,25 +166,38 @@ def tied_moments(
   .. math::
 
     m_k = \beta m_{k-1} + (1-\beta) g_k, \qquad
-    v_k = \beta v_{k-1} + (1-\beta) g_k^2,
+    v_k = \beta v_{k-1} + (1-\beta) |g_k|^2,
 
     \text{mean}_k = m_k / c_k, \qquad
-    \text{variance}_k = \max(v_k / c_k - \text{mean}_k^2,\ 0).
+    \text{variance}_k = \max(v_k / c_k - |\text{mean}_k|^2,\ 0).
 
   The variance is the EMA-weighted variance of the gradients seen so far; it is
   non-negative in exact arithmetic (Jensen) and clamped at zero against
-  rounding. The state is ``optax.ScaleByAdamState(count, mu, nu)`` with exactly
-  ``optax.scale_by_adam(b1=beta, b2=beta)``'s meaning.
+  rounding. Where :math:`v_k` overflows (|g| > 1.8e19 in float32) the variance
+  is +inf and the step there 0, as optax.adam's, never NaN. For complex g the
+  mean is complex and the variance real, :math:`E|g - \text{mean}|^2`. The
+  state is ``optax.ScaleByAdamState(count, mu, nu)`` with exactly
+  ``optax.scale_by_adam(b1=beta, b2=beta)``'s meaning (``nu`` complex with zero
+  imaginary part for complex params, as optax keeps it).
+
+  The non-finite guard holds a skipped coordinate's *debiased* moments: a NaN
+  or +-Inf :math:`g_k` (either part, if complex) acts as if it were the current
+  mean, :math:`m_k = m_{k-1} c_k / c_{k-1}` and
+  :math:`v_k = v_{k-1} c_k / c_{k-1}` (raw moments held when ``debias=False``),
+  so mean and variance stay as they were and the step there keeps its
+  direction (zero before the first finite gradient).
 
   Args:
     beta: memory of both EMAs, in [0, 1). The horizon is 1 / (1 - beta) steps.
     debias: whether to divide out the zero-initialisation bias.
     state_dtype: dtype of ``mu`` and ``nu``; ``None`` uses the params' dtype
-      (float32 for float16 params, whose range cannot hold g²). The arithmetic
-      always runs in at least float32.
-    guard_nonfinite: if True, a coordinate whose gradient is NaN or +-Inf keeps
-      its state and emits mean = variance = 0 (so the step there is zero); if
-      False, non-finite values enter the state as they do in ``optax.adam``.
+      (float32 for float16 params, whose range cannot hold g²). For complex
+      params, float32 or float64 name the complex dtype of that precision
+      (others raise ValueError at ``init``). The arithmetic always runs in at
+      least float32, and the moments are emitted so.
+    guard_nonfinite: if True, a coordinate whose gradient is NaN or +-Inf
+      keeps its debiased moments (see above); if False, non-finite values
+      enter the state as they do in ``optax.adam``.
     stochastic_rounding: round bfloat16 state stochastically (unbiased), so
       that an EMA with beta near 1 does not stall; see
       :func:`scale_by_balanced_adam`.
@@ -130,16 +233,17 @@ def tied_moments(
     )
 
   def update_fn(updates, state, params=None):
-    del params
     _checks.check_same_structure("tied_moments", updates, state.mu)
+    update_dtypes = _tree.update_dtypes(updates, state.mu, params)
     grads = _tree.upcast(updates)
     count = optax.safe_increment(state.count)
     old_mu, old_nu = _tree.upcast(state.mu), _tree.upcast(state.nu)
     mu = otu.update_moment(grads, old_mu, beta, 1)
     nu = otu.update_moment_per_elem_norm(grads, old_nu, beta, 2)
     if guard_nonfinite:
-      mu = _tree.where_finite(grads, mu, old_mu)
-      nu = _tree.where_finite(grads, nu, old_nu)
+      hold = _hold_factor(beta, count) if debias else 1
+      mu = _tree.where_finite(grads, mu, jax.tree.map(lambda m: m * hold, old_mu))
+      nu = _tree.where_finite(grads, nu, jax.tree.map(lambda v: v * hold, old_nu))
     store = functools.partial(
       _rounding.store, count=count, stochastic=stochastic_rounding
     )
@@ -150,8 +254,8 @@ def tied_moments(
     mu, nu = _tree.upcast(new_state.mu), _tree.upcast(new_state.nu)
     mean = otu.bias_correction(mu, beta, count) if debias else mu
     second = otu.bias_correction(nu, beta, count) if debias else nu
-    variance = jax.tree.map(lambda s, m: jnp.maximum(s - m * m, 0), second, mean)
-    return _emit(updates, mean, variance, guard_nonfinite), new_state
+    variance = jax.tree.map(_excess, second, mean)
+    return _emit(mean, variance, update_dtypes), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -195,14 +299,23 @@ def variance_ema(
   :math:`\hat s_k = \hat v_k - \hat m_k^2` directly, again with no
   cancellation; both are non-negative sums of squares.
 
+  For complex g the mean is complex and :math:`\delta_k^2` is
+  :math:`|\delta_k|^2`, so the variance is the real
+  :math:`E|g - \text{mean}|^2` (stored in the real dtype of the params'
+  precision). The non-finite guard holds the state where g is NaN or +-Inf
+  (either part, if complex): mean and variance stay as they were, the same
+  held debiased moments as :func:`tied_moments` and the fused path.
+
   Args:
     beta: memory of the estimate, in [0, 1).
     debias: whether the state holds the bias-corrected mean and variance.
     state_dtype: dtype of the stored mean and variance; ``None`` uses the
-      params' dtype (float32 for float16 params). The arithmetic always runs
-      in at least float32.
-    guard_nonfinite: if True, a coordinate whose gradient is NaN or +-Inf keeps
-      its state and emits mean = variance = 0; if False they enter the state.
+      params' dtype (float32 for float16 params). For complex params, float32
+      or float64 name the precision (the mean is complex, the variance real).
+      The arithmetic always runs in at least float32, and the moments are
+      emitted so.
+    guard_nonfinite: if True, a coordinate whose gradient is NaN or +-Inf
+      keeps its state (mean and variance held); if False they enter the state.
     stochastic_rounding: round bfloat16 state stochastically (unbiased), so
       that an EMA with beta near 1 does not stall; see
       :func:`scale_by_balanced_adam`.
@@ -234,12 +347,12 @@ def variance_ema(
     return VarianceEmaState(
       count=jnp.zeros([], jnp.int32),
       mean=_tree.zeros_for_state(params, state_dtype),
-      variance=_tree.zeros_for_state(params, state_dtype),
+      variance=_tree.zeros_for_state(params, state_dtype, real=True),
     )
 
   def update_fn(updates, state, params=None):
-    del params
     _checks.check_same_structure("variance_ema", updates, state.mean)
+    update_dtypes = _tree.update_dtypes(updates, state.mean, params)
     grads = _tree.upcast(updates)
     count = optax.safe_increment(state.count)
     if debias:
@@ -249,15 +362,20 @@ def variance_ema(
     else:
       alpha = 1 - beta
     old_mean, old_variance = _tree.upcast(state.mean), _tree.upcast(state.variance)
-    mean = jax.tree.map(lambda m, g: m + alpha * (g - m), old_mean, grads)
+    # (1 - alpha) m + alpha g rather than m + alpha (g - m): g - m overflows
+    # for huge gradients of opposite sign, and alpha = 1 gives g exactly.
+    mean = jax.tree.map(lambda m, g: (1 - alpha) * m + alpha * g, old_mean, grads)
     if guard_nonfinite:
       mean = _tree.where_finite(grads, mean, old_mean)
     # The same update read off the new mean, g - m_{k-1} = (g - m_k) / (1 - alpha):
     # nothing reads the old mean after the mean is written, so donated state
-    # is updated in place.
+    # is updated in place. At alpha = 1 the new mean is g and the term is 0.
     weight = jnp.where(alpha < 1, alpha / jnp.where(alpha < 1, 1 - alpha, 1), 0)
     variance = jax.tree.map(
-      lambda s, g, m: (1 - alpha) * s + weight * (g - m) ** 2, old_variance, grads, mean
+      lambda s, g, m: (1 - alpha) * s + weight * _abs2(g - m),
+      old_variance,
+      grads,
+      mean,
     )
     if guard_nonfinite:
       variance = _tree.where_finite(grads, variance, old_variance)
@@ -270,6 +388,6 @@ def variance_ema(
       variance=store(variance, state.variance, salt=1),
     )
     mean, variance = _tree.upcast(new_state.mean), _tree.upcast(new_state.variance)
-    return _emit(updates, mean, variance, guard_nonfinite), new_state
+    return _emit(mean, variance, update_dtypes), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
