@@ -1,14 +1,18 @@
-"""The fields every trainer shares, and overriding them from strings.
+"""The fields every trainer shares.
 
 Each example's config is a dataclass that extends :class:`TrainConfig` with
 its model and data fields; ``configs/default.py`` and ``configs/tiny.py``
-return instances. A run is reproducible from its config alone: the data
-order, the initialisation and the schedule are all functions of it.
+return instances from ``get_config()``, the form ``ml_collections``'
+``config_flags.DEFINE_config_file`` loads, so that every field can be set on
+the command line (``--config.learning_rate=3e-3``). A run is reproducible
+from its config alone: the data order, the initialisation, the schedule and
+(with ``beta="auto"``) the pilot that picks beta are all functions of it.
 """
 
 import dataclasses
-import types
-import typing
+
+# What ``beta`` may be besides a float in [0, 1).
+BETA_RULES = ("auto", "refresh")
 
 
 @dataclasses.dataclass
@@ -25,7 +29,17 @@ class TrainConfig:
     learning_rate: peak learning rate of the warmup + cosine schedule.
     warmup_steps: linear warmup from 0 to ``learning_rate``.
     final_lr_fraction: the cosine decays to this fraction of the peak.
-    beta: balanced Adam's one memory (beta1 = beta2 = beta).
+    beta: balanced Adam's one memory (beta1 = beta2 = beta): a float in
+      [0, 1); ``"auto"``, chosen before training by a short pilot on this
+      run's own recipe (``balanced_optax.select_beta``, early memory
+      selection [FH26c]); or ``"refresh"``, ``balanced_optax.beta_from_refresh``
+      of ``num_steps`` snapped to ``balanced_optax.BETA_GRID`` [FH26b], a
+      prior that costs nothing. See ``examples.common.beta``.
+    pilot_steps: updates of the ``beta="auto"`` pilot (the paper's 200).
+    pilot_lags: lags n of the pilot's change fit; checkpoints at
+      ``pilot_steps - n``.
+    pilot_num_probes: fresh training-batch gradients drawn at each pilot
+      checkpoint (split into 4 groups for the noise estimate).
     b1: Adam's first-moment memory; Signum's momentum.
     b2: Adam's second-moment memory; RMSprop's decay.
     eps: added to the denominator of the adaptive optimizers.
@@ -50,7 +64,13 @@ class TrainConfig:
   learning_rate: float = 1e-3
   warmup_steps: int = 100
   final_lr_fraction: float = 0.1
-  beta: float = 0.95
+  # `object`: ml_collections reads an `object` field as a Python literal, so
+  # --config.beta=0.9 gives a float and --config.beta=auto a string; it
+  # cannot parse a `float | str` annotation.
+  beta: object = 0.95
+  pilot_steps: int = 200
+  pilot_lags: tuple[int, ...] = (20, 50, 100)
+  pilot_num_probes: int = 16
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
@@ -64,45 +84,3 @@ class TrainConfig:
   halt_after_steps: int = 0
   fsdp: bool = True
   progress_bar: bool = True
-
-
-def _parse(text: str, kind: typing.Any) -> typing.Any:
-  """Converts ``text`` to the field type ``kind`` (bool, int, float, str)."""
-  if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-    if text.lower() == "none":
-      return None
-    kind = next(k for k in typing.get_args(kind) if k is not type(None))
-  if kind is bool:
-    if text.lower() in ("1", "true", "yes"):
-      return True
-    if text.lower() in ("0", "false", "no"):
-      return False
-    raise ValueError(f"expected a boolean, got {text!r}")
-  return kind(text)
-
-
-def override(config: TrainConfig, overrides: dict[str, str]) -> TrainConfig:
-  """Returns ``config`` with fields replaced by values parsed from strings.
-
-  Args:
-    config: a dataclass instance.
-    overrides: field name -> value as typed on a command line
-      (``{"learning_rate": "3e-3", "optimizer": "adam"}``).
-
-  Returns:
-    A new config of the same class.
-
-  Raises:
-    ValueError: for a name that is not a field, or a value of the wrong type.
-  """
-  hints = typing.get_type_hints(type(config))
-  unknown = sorted(set(overrides) - set(hints))
-  if unknown:
-    raise ValueError(f"unknown config fields {unknown}; valid: {sorted(hints)}")
-  values = {}
-  for name, text in overrides.items():
-    try:
-      values[name] = _parse(text, hints[name])
-    except ValueError as e:
-      raise ValueError(f"--{name}={text}: {e}") from None
-  return dataclasses.replace(config, **values)

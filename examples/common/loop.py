@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from examples.common import beta as beta_lib
 from examples.common import mesh as mesh_lib
 from examples.common import optim, train_step
 from examples.common.checkpoint import Checkpointer
@@ -66,19 +67,26 @@ def _evaluate(eval_step, params, task: Task, sharding) -> dict[str, float]:
   return task.eval_metrics(sums)
 
 
-def _initial_state(task: Task, tx, mesh, fsdp: bool, checkpointer: Checkpointer):
+def _initial_state(
+  task: Task, tx, mesh, fsdp: bool, checkpointer: Checkpointer, params=None
+):
   """The newest checkpoint if there is one, else a fresh state, created sharded.
+
+  Args:
+    params: the initial parameters of a fresh state (placed as the state's
+      shardings say); None initialises them from ``task.make_model``.
 
   Returns:
     ``(graphdef, state, state_sharding, start_step)``.
   """
   graphdef = nnx.graphdef(nnx.eval_shape(task.make_model))
 
-  def init_state() -> train_step.TrainState:
-    params = nnx.to_pure_dict(nnx.state(task.make_model()))
+  def init_state(params) -> train_step.TrainState:
+    if params is None:
+      params = _init_params(task)
     return train_step.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
-  abstract = jax.eval_shape(init_state)
+  abstract = jax.eval_shape(init_state, None)
   sharding = mesh_lib.state_shardings(abstract, mesh, fsdp)
   abstract = jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -87,8 +95,36 @@ def _initial_state(task: Task, tx, mesh, fsdp: bool, checkpointer: Checkpointer)
   )
   state, start = checkpointer.restore_latest(abstract)
   if not start:
-    state = jax.jit(init_state, out_shardings=sharding)()
+    state = jax.jit(init_state, out_shardings=sharding)(params)
   return graphdef, state, sharding, start
+
+
+def _init_params(task: Task):
+  return nnx.to_pure_dict(nnx.state(task.make_model()))
+
+
+def _resolve_beta(config, workdir, task, mesh, checkpointer) -> tuple[Any, Any, dict]:
+  """``config`` with a numeric beta, the initial params the choice was made
+  from (None if none were made), and the ``metrics.jsonl`` record of it."""
+  made = {}
+
+  def pilot():
+    graphdef = nnx.graphdef(nnx.eval_shape(task.make_model))
+    init_params = functools.partial(_init_params, task)
+    sharding = mesh_lib.state_shardings(jax.eval_shape(init_params), mesh, config.fsdp)
+    made["params"] = jax.jit(init_params, out_shardings=sharding)()
+    return beta_lib.run_pilot(
+      config,
+      task.loss_fn,
+      task.train_batch,
+      graphdef,
+      made["params"],
+      mesh_lib.batch_sharding(mesh),
+    )
+
+  resuming = checkpointer.latest_step() is not None
+  beta, record = beta_lib.resolve(config, workdir, pilot, resuming)
+  return dataclasses.replace(config, beta=beta), made.get("params"), record
 
 
 def _compile_steps(
@@ -121,9 +157,11 @@ def train(
 ) -> tuple[dict, nnx.GraphDef, Any]:
   """Trains ``task`` as ``config`` says, resuming from ``workdir`` if possible.
 
-  Logs train metrics at step 1, every ``log_every`` steps and at the end;
-  evaluates every ``eval_every`` steps and at ``num_steps``; checkpoints every
-  ``checkpoint_every`` steps and at the end.
+  A ``beta`` of ``"auto"`` or ``"refresh"`` is resolved to a number first
+  (:mod:`examples.common.beta`); ``"auto"`` trains from the very parameters
+  its pilot started from. Logs train metrics at step 1, every ``log_every``
+  steps and at the end; evaluates every ``eval_every`` steps and at
+  ``num_steps``; checkpoints every ``checkpoint_every`` steps and at the end.
 
   Args:
     config: the run's config.
@@ -141,19 +179,26 @@ def train(
     raise ValueError(
       f"batch_size={config.batch_size} must divide over {mesh.size} devices"
     )
-  tx, schedule = optim.make_optimizer(config)
-  checkpointer = Checkpointer(
-    os.path.join(workdir, "checkpoints"), config.max_checkpoints
-  )
-  graphdef, state, state_sharding, start = _initial_state(
-    task, tx, mesh, config.fsdp, checkpointer
-  )
   is_first_process = jax.process_index() == 0
   if is_first_process:
     print(f"Training on {jax.device_count()} {jax.default_backend()} device(s)")
+  checkpointer = Checkpointer(
+    os.path.join(workdir, "checkpoints"), config.max_checkpoints
+  )
+  config, pilot_params, beta_record = _resolve_beta(
+    config, workdir, task, mesh, checkpointer
+  )
+  tx, schedule = optim.make_optimizer(config)
+  graphdef, state, state_sharding, start = _initial_state(
+    task, tx, mesh, config.fsdp, checkpointer, pilot_params
+  )
+  del pilot_params  # the state holds them now
+  if is_first_process:
     if start:
       print(f"Resuming from the checkpoint of step {start} in {workdir}")
   writer = MetricsWriter(workdir, start, enabled=is_first_process)
+  if beta_record and not start:  # a resumed run's file has it already
+    writer.write({"step": 0, **beta_record})
 
   batch_sharding = mesh_lib.batch_sharding(mesh)
   step_fn, eval_step = _compile_steps(

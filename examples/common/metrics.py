@@ -2,7 +2,8 @@
 
 On resume the history is cut back to the restored step: lines written after
 the checkpoint (and a half-written last line from a killed process) are
-dropped, so a resumed run's file equals an uninterrupted run's.
+dropped, so a resumed run's file equals an uninterrupted run's. A run that
+starts at step 0 starts a new file.
 """
 
 import json
@@ -12,15 +13,16 @@ from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "loss_curves.png"
-# Wall-clock metrics end with this; everything else is a function of the
-# config and the step, identical across restarts.
+# Throughputs end with TIMING_SUFFIX, durations with "_seconds"; everything
+# else is a function of the config and the step, identical across restarts.
 TIMING_SUFFIX = "_per_sec"
+WALL_CLOCK_SUFFIXES = (TIMING_SUFFIX, "_seconds")
 
 
 def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """The records with wall-clock metrics removed, to compare runs."""
   return [
-    {k: v for k, v in r.items() if not k.endswith(TIMING_SUFFIX)} for r in history
+    {k: v for k, v in r.items() if not k.endswith(WALL_CLOCK_SUFFIXES)} for r in history
   ]
 
 
@@ -78,7 +80,8 @@ class MetricsWriter:
 
   Args:
     workdir: the run's directory.
-    resume_step: the step the run restarts from; later records are dropped.
+    resume_step: the step the run restarts from; later records are dropped
+      (all of them for 0: a fresh run).
     enabled: False on all processes but the first of a multi-process run.
   """
 
@@ -86,7 +89,7 @@ class MetricsWriter:
     self._workdir = workdir
     self._enabled = enabled
     path = os.path.join(workdir, METRICS_FILE)
-    self.history = read_history(path, max_step=resume_step)
+    self.history = read_history(path, max_step=resume_step) if resume_step else []
     self._file = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)

@@ -1,19 +1,39 @@
 """Trains the character-level GPT.
 
-python -m examples.gpt.main --config=default --workdir=runs/gpt
-python -m examples.gpt.main --config=tiny --data=my.txt --optimizer=adam
+python -m examples.gpt.main                                # configs/default.py
+python -m examples.gpt.main --config=examples/gpt/configs/tiny.py \
+    --config.data=my.txt --config.optimizer=adam --workdir=runs/mine
+
+``--config`` is a config file (``get_config()`` returns the config
+dataclass); every field can be overridden with ``--config.FIELD=VALUE``.
 """
 
-from examples.common import cli
+import json
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
 from examples.gpt import train
-from examples.gpt.configs import default, tiny
 
-CONFIGS = {"default": default.get_config, "tiny": tiny.get_config}
+_WORKDIR = flags.DEFINE_string(
+  "workdir", "runs/gpt", "Checkpoints and metrics go here; a rerun resumes."
+)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  os.path.join(os.path.dirname(__file__), "configs", "default.py"),
+  "Config file; override its fields with --config.FIELD=VALUE.",
+)
 
 
-def main(argv=None) -> dict[str, float]:
-  return cli.main(argv, CONFIGS, train.train_and_evaluate, "runs/gpt")
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:  # one line per run, also when multi-process
+    print(json.dumps(metrics, sort_keys=True))
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,19 +1,39 @@
 """Trains the ViT classifier.
 
-python -m examples.vit.main --config=default --workdir=runs/vit
-python -m examples.vit.main --config=tiny --optimizer=signum --learning_rate=1e-3
+python -m examples.vit.main                                # configs/default.py
+python -m examples.vit.main --config=examples/vit/configs/tiny.py \
+    --config.optimizer=signum --config.learning_rate=1e-3 --workdir=runs/signum
+
+``--config`` is a config file (``get_config()`` returns the config
+dataclass); every field can be overridden with ``--config.FIELD=VALUE``.
 """
 
-from examples.common import cli
+import json
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
 from examples.vit import train
-from examples.vit.configs import default, tiny
 
-CONFIGS = {"default": default.get_config, "tiny": tiny.get_config}
+_WORKDIR = flags.DEFINE_string(
+  "workdir", "runs/vit", "Checkpoints and metrics go here; a rerun resumes."
+)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  os.path.join(os.path.dirname(__file__), "configs", "default.py"),
+  "Config file; override its fields with --config.FIELD=VALUE.",
+)
 
 
-def main(argv=None) -> dict[str, float]:
-  return cli.main(argv, CONFIGS, train.train_and_evaluate, "runs/vit")
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:  # one line per run, also when multi-process
+    print(json.dumps(metrics, sort_keys=True))
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)
