@@ -14,19 +14,33 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _concrete_float(name: str, value: Any) -> float | None:
-  """The value as a Python float, or None when it is traced."""
-  if isinstance(value, jax.core.Tracer):
-    return None
+def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
+  return f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def real_array(name: str, value: Any, expected: str = "a real number") -> np.ndarray:
+  """``value`` as a NumPy array of real numbers, or ValueError naming ``name``
+  and saying what was ``expected``.
+
+  Bools, strings (``"1e-3"``), complex numbers and objects are rejected rather
+  than converted: ``np.asarray("0.9", float)`` would silently parse the string
+  and ``True`` would become 1.0.
+  """
   if isinstance(value, bool):
-    raise TypeError(f"{name} must be a number, got the bool {value!r}.")
-  # NumPy, not jnp: under a jit trace jnp.asarray would stage out a tracer.
-  array = np.asarray(value)
-  if not np.issubdtype(array.dtype, np.number):
-    raise TypeError(f"{name} must be a number, got {value!r}.")
-  if array.ndim != 0:
-    raise ValueError(f"{name} must be a scalar, got shape {array.shape}.")
-  return float(array)
+    raise ValueError(f"{name} must be {expected}, got the bool {value!r}.")
+  try:
+    array = np.asarray(value)
+  except (TypeError, ValueError) as e:  # e.g. ragged nested lists
+    raise ValueError(f"{name} must be {expected}, got {value!r}.") from e
+  # jnp.issubdtype also knows ml_dtypes' floats (bfloat16 has NumPy kind "V").
+  if not (
+    jnp.issubdtype(array.dtype, jnp.floating)
+    or jnp.issubdtype(array.dtype, jnp.integer)
+  ):
+    raise ValueError(
+      f"{name} must be {expected}, got {value!r} ({type(value).__name__})."
+    )
+  return array
 
 
 def in_interval(
@@ -38,18 +52,45 @@ def in_interval(
   low_open: bool = False,
   high_open: bool = False,
 ) -> np.ndarray:
-  """``value`` (a number or an array) as float64, or ValueError naming ``name``
-  and the interval unless every element lies in it (NaN never does)."""
-  try:
-    x = np.asarray(value, dtype=np.float64)
-  except (TypeError, ValueError) as e:
-    raise TypeError(f"{name} must be a number or an array of numbers.") from e
+  """``value`` (a real number or array) as float64, or ValueError naming
+  ``name`` and the interval unless every element lies in it.
+
+  NaN never lies in an interval, and an unbounded end (``high=inf``) is open:
+  infinity is never a valid hyperparameter or horizon.
+  """
+  high_open = high_open or math.isinf(high)
+  interval = _interval(low, high, low_open, high_open)
+  x = real_array(name, value, f"a number in {interval}").astype(np.float64)
   above = x > low if low_open else x >= low
   below = x < high if high_open else x <= high
   if not np.all(above & below):
-    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     raise ValueError(f"{name} must be in {interval}, got {value!r}.")
   return x
+
+
+def unit_interval(name: str, value: Any) -> np.ndarray:
+  """An EMA memory (a number or an array) in [0, 1) as float64, or ValueError."""
+  return in_interval(name, value, 0.0, 1.0, high_open=True)
+
+
+def below_one(beta: np.ndarray, why: str) -> np.ndarray:
+  """``beta`` unchanged, or ValueError when a computed memory rounded to 1.0.
+
+  A memory :math:`\beta < 1` whose horizon exceeds float64's resolution
+  (:math:`1/(1-\beta) > 2^{53}`) rounds to exactly 1.0, which no optimizer
+  accepts; ``why`` names the inputs that produced it.
+  """
+  if np.any(beta >= 1.0):
+    raise ValueError(
+      f"{why} gives beta = 1.0 in float64 (a memory horizon 1/(1 - beta) beyond"
+      " 2**53 steps), outside [0.0, 1.0)."
+    )
+  return beta
+
+
+def float_or_array(x: np.ndarray) -> float | np.ndarray:
+  """A Python float for a 0-d result, the array otherwise."""
+  return float(x) if x.ndim == 0 else x
 
 
 def check_interval(
@@ -61,14 +102,17 @@ def check_interval(
   high_open: bool = False,
 ) -> None:
   """For a scalar hyperparameter: ValueError unless ``low <= value <= high``
-  (``< high`` if open); nothing when it is traced.
-
-  An unbounded range (``high=inf``) is open: infinity is never a valid
-  hyperparameter (an infinite learning rate or eps is a NaN or a frozen
-  model waiting to happen).
+  (``< high`` if open; ``high=inf`` is always open) or when it is not a real
+  scalar; nothing when it is traced.
   """
-  if _concrete_float(name, value) is not None:
-    in_interval(name, value, low, high, high_open=high_open or math.isinf(high))
+  if isinstance(value, jax.core.Tracer):
+    return
+  high_open = high_open or math.isinf(high)
+  interval = _interval(low, high, False, high_open)
+  array = real_array(name, value, f"a number in {interval}")
+  if array.ndim != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {array.shape}.")
+  in_interval(name, value, low, high, high_open=high_open)
 
 
 def check_beta(name: str, value: Any) -> None:
@@ -86,12 +130,14 @@ def float_dtype_or_none(name: str, dtype: Any) -> jnp.dtype | None:
   """Canonical floating dtype, or None (meaning: the params' own dtype)."""
   if dtype is None:
     return None
+  expected = "a floating dtype (e.g. jnp.bfloat16 or 'float32') or None"
   try:
-    dtype = jnp.dtype(dtype)
-  except TypeError as e:
-    raise TypeError(f"{name} must be a floating dtype, got {dtype!r}.") from e
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"{name} must be a floating dtype, got {dtype}.")
+    canonical = jnp.dtype(dtype)
+  except TypeError as e:  # e.g. "bf16": not a dtype name NumPy or JAX knows
+    raise ValueError(f"{name} must be {expected}, got {dtype!r}.") from e
+  if not jnp.issubdtype(canonical, jnp.floating):
+    raise ValueError(f"{name} must be {expected}, got {canonical}.")
+  dtype = canonical
   return jax.dtypes.canonicalize_dtype(dtype)
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from balanced_optax.beta_rules import _beta, _out
+from balanced_optax import _checks
 
 
 def first_order_scale_coefficient(beta1, beta2) -> float | np.ndarray:
@@ -71,8 +71,11 @@ def first_order_scale_coefficient(beta1, beta2) -> float | np.ndarray:
     beta1 = beta2: The Missing Gradient Scale Invariance Principle,
     arXiv 2601.21739, 2026.
   """
-  b1, b2 = _beta("beta1", beta1), _beta("beta2", beta2)
-  return _out(b2 / (1 - b2) - b1 / (1 - b1))  # = -(a1 - a2), without -0.0
+  b1 = _checks.unit_interval("beta1", beta1)
+  b2 = _checks.unit_interval("beta2", beta2)
+  return _checks.float_or_array(
+    b2 / (1 - b2) - b1 / (1 - b1)
+  )  # = -(a1 - a2), without -0.0
 
 
 def _stack_steps(grads: Any, scales: Any) -> tuple[Any, jax.Array]:

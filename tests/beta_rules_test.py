@@ -7,6 +7,9 @@ import pytest
 
 from balanced_optax import beta_rules
 
+# estimate_effective_horizon's smoothed, q < 1 variant (its default is [FH26b]'s).
+ROBUST = {"fraction": 0.95, "window": None}
+
 
 class TestHorizons:
   def test_memory_horizon(self):
@@ -36,6 +39,15 @@ class TestHorizons:
     assert beta_rules.beta_from_half_life(1.0) == 0.5
     assert isinstance(beta_rules.beta_from_half_life(1.0), float)
 
+  def test_beta_from_half_life_never_returns_one(self):
+    with pytest.raises(ValueError, match=r"^steps must be in \(0.0, inf\)"):
+      beta_rules.beta_from_half_life(math.inf)
+    with pytest.raises(ValueError, match=r"steps=1e\+17\) gives beta = 1.0"):
+      beta_rules.beta_from_half_life(1e17)
+    assert 1 - beta_rules.beta_from_half_life(1e12) == pytest.approx(
+      math.log(2) / 1e12, rel=1e-3
+    )
+
 
 class TestRefresh:
   def test_refresh_count(self):
@@ -51,15 +63,101 @@ class TestRefresh:
     # FH26b's fixed beta 0.944 is the refresh rule at T_ES = 1000 / 0.056.
     assert beta_rules.beta_from_refresh(1000 / 0.056) == pytest.approx(0.944)
 
-  @pytest.mark.parametrize("t_es", [1000, 500, [5000, 800]])
-  def test_too_short_horizon_is_a_clear_error(self, t_es):
-    with pytest.raises(ValueError, match=r"t_es=.* is too short for refresh=1000"):
-      beta_rules.beta_from_refresh(t_es)
+  def test_short_runs_get_the_rules_limit_beta_zero(self):
+    """T_ES <= R: 1 - R / T_ES <= 0, so the rule's answer is no memory."""
+    assert beta_rules.beta_from_refresh(1000) == 0.0
+    assert beta_rules.beta_from_refresh(1) == 0.0
+    np.testing.assert_array_equal(
+      beta_rules.beta_from_refresh([5000, 800, 1000]), [0.8, 0.0, 0.0]
+    )
+    assert beta_rules.beta_from_refresh(500, grid=beta_rules.BETA_GRID) == 0.0
+
+  def test_short_runs_floored_by_beta_range(self):
+    """The recommended prior: the selection range's floor 0.68377 [FH26c]."""
+    selection_range = (0.68377, 0.999)
+    got = beta_rules.beta_from_refresh(
+      [200, 1000, 3000, 5000], beta_range=selection_range
+    )
+    np.testing.assert_allclose(got, [0.68377, 0.68377, 0.68377, 0.8], rtol=1e-15)
+    snapped = beta_rules.beta_from_refresh(
+      [200, 1000, 3000, 3500], grid=beta_rules.BETA_GRID, beta_range=selection_range
+    )
+    # 1 - 1000/3500 = 0.714 is nearer 0.68377 than 0.82217.
+    np.testing.assert_array_equal(snapped, [beta_rules.BETA_GRID[2]] * 4)
+
+  def test_beta_range_limits_the_grid(self):
+    # Continuous 0.98 would snap to 0.98222; the range's grid tops out at 0.96838.
+    got = beta_rules.beta_from_refresh(
+      50_000, grid=beta_rules.BETA_GRID, beta_range=(0.5, 0.97)
+    )
+    assert got == beta_rules.BETA_GRID[6]
+    # Clipped to 0.999 (the rule says 0.9999).
+    assert beta_rules.beta_from_refresh(1e7, beta_range=(0.5, 0.999)) == 0.999
+
+  @pytest.mark.parametrize(
+    "beta_range, match",
+    [
+      ((0.9, 0.5), "beta_range must be \\(low, high\\)"),
+      ((0.5,), "beta_range must be \\(low, high\\)"),
+      ((0.5, 1.0), "beta_range must be in"),
+      ((0.991, 0.994), "no grid value lies in beta_range"),
+    ],
+  )
+  def test_bad_beta_range(self, beta_range, match):
+    with pytest.raises(ValueError, match=match):
+      beta_rules.beta_from_refresh(
+        20_000, grid=beta_rules.BETA_GRID, beta_range=beta_range
+      )
+
+  def test_infinite_horizon_is_an_error_never_beta_one(self):
+    with pytest.raises(ValueError, match=r"^t_es must be in \(0.0, inf\)"):
+      beta_rules.beta_from_refresh(math.inf)
+    with pytest.raises(ValueError, match=r"^refresh must be in \(0.0, inf\)"):
+      beta_rules.beta_from_refresh(1e4, refresh=math.inf)
+    # Finite but beyond float64: 1 - 1e3 / 1e20 rounds to 1.0.
+    with pytest.raises(ValueError, match=r"t_es=1e\+20.* gives beta = 1.0"):
+      beta_rules.beta_from_refresh(1e20)
+    # A grid or a range gives an answer below 1 there.
+    assert beta_rules.beta_from_refresh(1e20, grid=beta_rules.BETA_GRID) == 0.999
+    assert beta_rules.beta_from_refresh(1e20, beta_range=(0.0, 0.99)) == 0.99
 
   def test_custom_refresh(self):
     assert beta_rules.beta_from_refresh(5000, refresh=100) == pytest.approx(0.98)
     with pytest.raises(ValueError, match="refresh"):
       beta_rules.beta_from_refresh(5000, refresh=0)
+
+
+class TestFH26bSelections:
+  """[FH26b]'s published T_ES -> beta (DESIGN.md section 3).
+
+  DESIGN.md calls them 11 runs but its multiplicities (1 + 6 + 2 + 2 + 1) sum
+  to 12; every listed run is checked.
+  """
+
+  RUNS = ((6000, 0.822),) + ((10_000, 0.9),) * 6 + ((20_000, 0.944),) * 2
+  RUNS += ((30_000, 0.968),) * 2 + ((40_000, 0.968),)
+
+  def test_published_selections(self):
+    t_es, published = map(np.array, zip(*self.RUNS, strict=True))
+    got = beta_rules.beta_from_refresh(t_es, grid=beta_rules.BETA_GRID)
+    np.testing.assert_array_equal(np.round(got, 3), published)
+    assert set(got.tolist()) <= set(beta_rules.BETA_GRID)
+    # The continuous rule alone would not give these: 0.8333, 0.95, 0.9667, 0.975.
+    continuous = beta_rules.beta_from_refresh(t_es)
+    assert np.sum(np.round(continuous, 3) != published) == 6
+
+  def test_published_rounded_grid_selects_the_same_points(self):
+    t_es = np.array([t for t, _ in self.RUNS])
+    exact = beta_rules.beta_from_refresh(t_es, grid=beta_rules.BETA_GRID)
+    rounded = beta_rules.beta_from_refresh(t_es, grid=TestGrid.PUBLISHED)
+    np.testing.assert_array_equal(np.round(exact, 5), rounded)
+
+  def test_40000_is_the_closest_call(self):
+    """0.975 lies 3e-4 below the midpoint of 0.96838 and 0.98222."""
+    mid = (beta_rules.BETA_GRID[6] + beta_rules.BETA_GRID[7]) / 2
+    assert mid - beta_rules.beta_from_refresh(40_000) == pytest.approx(
+      2.97e-4, rel=1e-2
+    )
 
 
 class TestBatchScaling:
@@ -69,6 +167,16 @@ class TestBatchScaling:
     scaled = beta_rules.scale_beta_for_batch(0.99, kappa)
     assert beta_rules.half_life(scaled) == pytest.approx(
       beta_rules.half_life(0.99) / kappa
+    )
+
+  def test_beta_that_rounds_to_one_is_an_error(self):
+    with pytest.raises(ValueError, match=r"kappa=1e-30\) gives beta = 1.0"):
+      beta_rules.scale_beta_for_batch(0.5, 1e-30)
+    with pytest.raises(ValueError, match=r"^kappa must be in \(0.0, inf\)"):
+      beta_rules.scale_beta_for_batch(0.5, math.inf)
+    # Small but representable: ln(0.5) * 1e-12 = -6.9e-13, well above 2**-53.
+    assert 1 - beta_rules.scale_beta_for_batch(0.5, 1e-12) == pytest.approx(
+      math.log(2) * 1e-12, rel=1e-3
     )
 
   def test_values(self):
@@ -99,6 +207,24 @@ def test_out_of_range_arguments_are_named(fn, args, name):
     fn(*args)
 
 
+@pytest.mark.parametrize(
+  "fn, args, name",
+  [
+    (beta_rules.memory_horizon, ("0.9",), "beta"),
+    (beta_rules.memory_horizon, (True,), "beta"),
+    (beta_rules.memory_horizon, ([0.5, None],), "beta"),
+    (beta_rules.snap_beta, (0.9 + 0j,), "beta"),
+    (beta_rules.beta_from_refresh, ("20000",), "t_es"),
+    (beta_rules.beta_from_refresh, (2e4, True), "refresh"),
+    (beta_rules.in_convergence_region, (0.9, "0.99"), "beta2"),
+  ],
+)
+def test_non_numbers_are_rejected_not_converted(fn, args, name):
+  """np.asarray("0.9", float) would parse the string; True would become 1.0."""
+  with pytest.raises(ValueError, match=f"^{name} must be a number in"):
+    fn(*args)
+
+
 class TestConvergenceRegion:
   def test_standard_adam_is_inside(self):
     ok, reason = beta_rules.in_convergence_region(0.9, 0.999)
@@ -110,6 +236,15 @@ class TestConvergenceRegion:
     ok, reason = beta_rules.in_convergence_region(0.99, 0.9)  # sqrt(0.9) = 0.9487
     assert not ok
     assert "Outside [Z22]'s region: beta1 = 0.99 >= sqrt(beta2) = 0.948683" in reason
+    assert "lower beta1 below 0.948683 or raise beta2 above beta1^2 = 0.9801" in reason
+
+  def test_zero_zero_advises_raising_beta2_not_lowering_beta1(self):
+    """beta1 = 0 cannot go lower; only beta2 > 0 meets 0 < sqrt(beta2)."""
+    ok, reason = beta_rules.in_convergence_region(0.0, 0.0)
+    assert not ok
+    assert "lower beta1" not in reason
+    assert "beta1 = 0 >= sqrt(beta2) = 0 (raise beta2 above 0" in reason
+    assert beta_rules.in_convergence_region(0.0, 1e-6)[0]
 
   @pytest.mark.parametrize("beta", [0.01, 0.5, 0.9, 0.95, 0.999])
   def test_balanced_adam_always_meets_the_sqrt_condition(self, beta):
@@ -130,6 +265,34 @@ class TestEffectiveHorizon:
   STEPS = np.arange(0, 10_001, 50)
   TAU = 1000.0
 
+  def test_default_is_the_step_of_the_best_validation_loss(self):
+    """[FH26b]'s reading: a 10,000-update run best at update 6000 -> 6000."""
+    steps = np.arange(0, 10_001, 1000)
+    val = [4.1, 3.2, 2.9, 2.75, 2.68, 2.65, 2.64, 2.645, 2.65, 2.66, 2.67]
+    t_es = beta_rules.estimate_effective_horizon(val, steps)
+    assert t_es == 6000.0
+    assert (
+      beta_rules.beta_from_refresh(t_es, grid=beta_rules.BETA_GRID)
+      == (beta_rules.BETA_GRID[3])
+    )
+
+  def test_still_improving_gives_the_last_step(self):
+    """Vision runs: T_ES = their total updates."""
+    assert beta_rules.estimate_effective_horizon(self.curve(), self.STEPS) == 10_000
+
+  def test_ties_go_to_the_first_evaluation_reaching_the_minimum(self):
+    val = [3.0, 2.0, 1.0, 1.5, 1.0, 1.2]
+    assert beta_rules.estimate_effective_horizon(val, [0, 10, 20, 30, 40, 50]) == 20
+    assert beta_rules.estimate_effective_horizon([2.0, 1.0]) == 1.0
+
+  def test_noise_moves_the_raw_argmin_but_not_the_robust_variant(self):
+    rng = np.random.default_rng(0)
+    noisy = self.curve() + 0.01 * rng.standard_normal(len(self.STEPS))
+    raw = beta_rules.estimate_effective_horizon(noisy, self.STEPS)
+    assert raw == self.STEPS[np.argmin(noisy)]
+    robust = beta_rules.estimate_effective_horizon(noisy, self.STEPS, **ROBUST)
+    assert robust == pytest.approx(self.exact(), rel=0.05)
+
   def exact(self, q=0.95):
     """T_ES of a + b exp(-t / tau) on [0, T]: the level L0 - q (L0 - L(T))."""
     return -self.TAU * math.log(1 - q * (1 - math.exp(-self.STEPS[-1] / self.TAU)))
@@ -138,20 +301,25 @@ class TestEffectiveHorizon:
     steps = self.STEPS if steps is None else steps
     return 2.0 + 3.0 * np.exp(-steps / self.TAU)
 
-  @pytest.mark.parametrize("q", [0.5, 0.9, 0.95, 0.99])
-  def test_exponential_decay(self, q):
-    t_es = beta_rules.estimate_effective_horizon(self.curve(), self.STEPS, fraction=q)
+  @pytest.mark.parametrize(
+    "q, window",
+    [(q, w) for q in (0.5, 0.9, 0.95, 0.99) for w in (1, None)] + [(1.0, 1)],
+  )
+  def test_exponential_decay(self, q, window):
+    t_es = beta_rules.estimate_effective_horizon(
+      self.curve(), self.STEPS, fraction=q, window=window
+    )
     assert t_es == pytest.approx(self.exact(q), rel=2e-3)
 
   def test_non_uniform_steps(self):
     rng = np.random.default_rng(0)
     steps = np.sort(rng.choice(np.arange(1, 10_000), size=300, replace=False))
     steps = np.concatenate([[0], steps, [10_000]])
-    t_es = beta_rules.estimate_effective_horizon(self.curve(steps), steps)
+    t_es = beta_rules.estimate_effective_horizon(self.curve(steps), steps, **ROBUST)
     assert t_es == pytest.approx(self.exact(), rel=1e-2)
 
   def test_default_steps_count_evaluations(self):
-    t_es = beta_rules.estimate_effective_horizon(self.curve())
+    t_es = beta_rules.estimate_effective_horizon(self.curve(), **ROBUST)
     assert t_es == pytest.approx(self.exact() / 50, rel=2e-3)
 
   @pytest.mark.parametrize("seed", range(5))
@@ -159,13 +327,13 @@ class TestEffectiveHorizon:
     """Noise of 0.33% of the improvement (sigma = 0.01): within 5%."""
     rng = np.random.default_rng(seed)
     noisy = self.curve() + 0.01 * rng.standard_normal(len(self.STEPS))
-    t_es = beta_rules.estimate_effective_horizon(noisy, self.STEPS)
+    t_es = beta_rules.estimate_effective_horizon(noisy, self.STEPS, **ROBUST)
     assert t_es == pytest.approx(self.exact(), rel=0.05)
 
   def test_isolated_spikes_are_ignored(self):
     spiky = self.curve().copy()
     spiky[[3, 40, 120, 180]] += [5.0, -1.0, 3.0, -2.0]  # Two dips below L*.
-    t_es = beta_rules.estimate_effective_horizon(spiky, self.STEPS)
+    t_es = beta_rules.estimate_effective_horizon(spiky, self.STEPS, **ROBUST)
     assert t_es == pytest.approx(self.exact(), rel=1e-2)
 
   def test_plateau_then_overfitting(self):
@@ -178,12 +346,14 @@ class TestEffectiveHorizon:
     for _ in range(60):
       mid = (lo + hi) / 2
       lo, hi = (mid, hi) if loss(mid) > level else (lo, mid)
-    t_es = beta_rules.estimate_effective_horizon(loss(steps), steps)
+    t_es = beta_rules.estimate_effective_horizon(loss(steps), steps, **ROBUST)
     assert t_es == pytest.approx(lo, rel=1e-2)
     assert t_es < t_star
     # Without the rise it is the pure exponential's T_ES, 1.5x later: the rise
     # ends the useful phase early.
-    no_rise = beta_rules.estimate_effective_horizon(loss(steps) - 1e-3 * steps, steps)
+    no_rise = beta_rules.estimate_effective_horizon(
+      loss(steps) - 1e-3 * steps, steps, **ROBUST
+    )
     assert no_rise == pytest.approx(
       -100 * math.log(1 - 0.95 * (1 - math.exp(-10))), rel=2e-3
     )
@@ -198,13 +368,22 @@ class TestEffectiveHorizon:
   @pytest.mark.parametrize(
     "losses, steps, kwargs, match",
     [
-      ([3.0, 2.0, 1.0], None, {}, "at least 5"),
+      ([3.0], None, {}, "at least 2"),
+      ([[3.0, 2.0]], None, {}, "1-D"),
       ([3.0, 2.0, np.nan, 1.0, 0.5], None, {}, "finite"),
+      (["3.0", "2.0"], None, {}, "^val_losses must be real numbers"),
       ([3.0, 2.0, 1.5, 1.0, 0.5], [0, 1, 1, 2, 3], {}, "increasing"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], [-1, 1, 2, 3, 4], {}, ">= 0"),
       ([3.0, 2.0, 1.5, 1.0, 0.5], [0, 1, 2], {}, "shaped like"),
+      ([3.0, 2.0], [False, True], {}, "^steps must be real numbers"),
       ([1.0, 2.0, 3.0, 4.0, 5.0], None, {}, "never improve"),
-      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"fraction": 0.0}, "fraction"),
-      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"window": 4}, "window"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"fraction": 0.0}, "^fraction must be in"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"fraction": True}, "^fraction must be a"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"window": 4}, "^window must be"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"window": True}, "^window must be"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"window": 3.0}, "^window must be"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"window": 7}, "^window must be"),
+      ([3.0, 2.0, 1.5, 1.0, 0.5], None, {"window": -1}, "^window must be"),
     ],
   )
   def test_bad_input(self, losses, steps, kwargs, match):

@@ -64,19 +64,74 @@ def test_negative_weight_decay():
     bo.balanced_adamw(1e-3, weight_decay=-0.1)
 
 
-@pytest.mark.parametrize("dtype", (jnp.int32, "bool", "not-a-dtype"))
-def test_state_dtype_must_be_floating(dtype):
-  with pytest.raises((ValueError, TypeError), match="state_dtype"):
-    bo.scale_by_balanced_adam(state_dtype=dtype)
+STATE_DTYPE_TAKERS = {
+  "tied_moments": lambda d: bo.tied_moments(0.9, state_dtype=d),
+  "variance_ema": lambda d: bo.variance_ema(0.9, state_dtype=d),
+  "scale_by_balanced_adam": lambda d: bo.scale_by_balanced_adam(state_dtype=d),
+  "balanced_adam": lambda d: bo.balanced_adam(1e-3, state_dtype=d),
+  "balanced_adamw": lambda d: bo.balanced_adamw(1e-3, state_dtype=d),
+}
 
 
-def test_non_scalar_or_non_numeric_hyperparameters():
+@pytest.mark.parametrize("dtype", (jnp.int32, "bool", "not-a-dtype", "bf16", 3))
+@pytest.mark.parametrize("name", sorted(STATE_DTYPE_TAKERS))
+def test_state_dtype_must_be_floating(name, dtype):
+  """README: a ValueError naming state_dtype and what it accepts (not TypeError)."""
+  with pytest.raises(ValueError, match=r"^state_dtype must be a floating dtype"):
+    STATE_DTYPE_TAKERS[name](dtype)
+
+
+@pytest.mark.parametrize("dtype", (None, "bfloat16", jnp.float32, "float16"))
+def test_floating_state_dtypes_are_accepted(dtype):
+  for make in STATE_DTYPE_TAKERS.values():
+    make(dtype)
+
+
+def test_non_scalar_hyperparameters():
   with pytest.raises(ValueError, match="beta must be a scalar"):
     bo.balanced_adam(1e-3, beta=jnp.array([0.9, 0.9]))
-  with pytest.raises(TypeError, match="eps must be a number"):
-    bo.balanced_adam(1e-3, eps="small")
-  with pytest.raises(TypeError, match="beta must be a number"):
-    bo.tied_moments(True)
+  with pytest.raises(ValueError, match="learning_rate must be a scalar"):
+    bo.balanced_adam(jnp.ones(2))
+
+
+@pytest.mark.parametrize(
+  "make, match",
+  (
+    (
+      lambda: bo.balanced_adam("1e-3"),
+      r"learning_rate must be a number in \[0.0, inf\)",
+    ),
+    (
+      lambda: bo.balanced_adamw("1e-3"),
+      r"learning_rate must be a number in \[0.0, inf\)",
+    ),
+    (lambda: bo.balanced_adam(True), r"learning_rate must be a number in \[0.0, inf\)"),
+    (
+      lambda: bo.balanced_adam(1e-3, beta="0.9"),
+      r"beta must be a number in \[0.0, 1.0\)",
+    ),
+    (lambda: bo.tied_moments("0.9"), r"beta must be a number in \[0.0, 1.0\)"),
+    (lambda: bo.variance_ema(True), r"beta must be a number in \[0.0, 1.0\)"),
+    (
+      lambda: bo.scale_by_balanced_adam(0.9 + 0j),
+      r"beta must be a number in \[0.0, 1.0\)",
+    ),
+    (
+      lambda: bo.balanced_adam(1e-3, eps="small"),
+      r"eps must be a number in \[0.0, inf\)",
+    ),
+    (lambda: bo.snr_sign_step(eps=None), r"eps must be a number in \[0.0, inf\)"),
+    (lambda: bo.snr_sign_step(power="1"), r"power must be a number in \[0.0, 1.0\]"),
+    (
+      lambda: bo.balanced_adamw(1e-3, weight_decay="0.1"),
+      r"weight_decay must be a number in \[0.0, inf\)",
+    ),
+  ),
+)
+def test_non_numbers_are_a_value_error_naming_argument_and_range(make, match):
+  """README: bad hyperparameters raise ValueError; strings and bools are not parsed."""
+  with pytest.raises(ValueError, match="^" + match):
+    make()
 
 
 @pytest.mark.parametrize(
