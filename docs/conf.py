@@ -27,7 +27,7 @@ shutil.copytree(
 
 project = "balanced_optax"
 author = "The balanced_optax authors"
-copyright = "2026, The balanced_optax authors"  # noqa: A001 (Sphinx's name)
+copyright = "2026, The balanced_optax authors"
 release = balanced_optax.__version__
 version = release
 
