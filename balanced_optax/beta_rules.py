@@ -527,7 +527,8 @@ def estimate_effective_horizon(
       ends the useful phase (default 1: the best loss itself).
     window: odd number of evaluations in the running median, at most
       ``len(val_losses)``; 1 (default) disables smoothing, None picks the odd
-      number nearest ``len(val_losses) / 10`` (at least 3).
+      number nearest ``len(val_losses) / 10`` (at least 3, at most
+      ``len(val_losses)``).
 
   Returns:
     :math:`T_{ES}` in the units of ``steps``, a float.
@@ -570,8 +571,9 @@ def estimate_effective_horizon(
     if np.any(np.diff(t) <= 0) or t[0] < 0:
       raise ValueError("steps must be >= 0 and strictly increasing.")
   q = float(_checks.in_interval("fraction", fraction, 0.0, 1.0, low_open=True))
-  if window is None:
-    window = max(3, 2 * round(len(losses) / 20) + 1)
+  if window is None:  # Odd, about n / 10, at least 3 but never above n.
+    n = len(losses)
+    window = min(max(3, 2 * round(n / 20) + 1), n if n % 2 else n - 1)
   if (
     isinstance(window, bool)
     or not isinstance(window, int | np.integer)

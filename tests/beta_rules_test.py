@@ -280,6 +280,12 @@ class TestEffectiveHorizon:
     """Vision runs: T_ES = their total updates."""
     assert beta_rules.estimate_effective_horizon(self.curve(), self.STEPS) == 10_000
 
+  @pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+  def test_automatic_window_fits_short_curves(self, n):
+    val = np.linspace(3.0, 1.0, n)
+    t_es = beta_rules.estimate_effective_horizon(val, fraction=0.95, window=None)
+    assert 0 < t_es <= n - 1
+
   def test_ties_go_to_the_first_evaluation_reaching_the_minimum(self):
     val = [3.0, 2.0, 1.0, 1.5, 1.0, 1.2]
     assert beta_rules.estimate_effective_horizon(val, [0, 10, 20, 30, 40, 50]) == 20
