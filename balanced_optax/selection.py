@@ -303,7 +303,16 @@ def _sketch(tree: Any, leaf_seeds: jax.Array, dim: int) -> jax.Array:
     bits = _rounding._random_bits(leaf.shape, leaf_seeds[k])
     bucket = (bits % jnp.uint32(dim)).astype(jnp.int32)
     sign = jnp.where(_rounding._mix(bits ^ jnp.uint32(0x5BD1E995)) >> 31 == 0, 1, -1)
-    contribution = jnp.zeros((dim,), dtype).at[bucket].add(sign * leaf.astype(dtype))
+    values = sign * leaf.astype(dtype)
+    # Under explicit sharding the replicated sketch must be asked for: each
+    # device scatters its own block, then the partial sketches are summed.
+    sharding = jax.typeof(leaf).sharding
+    out_sharding = None
+    if any(axis is not None for axis in sharding.spec):
+      out_sharding = jax.sharding.NamedSharding(sharding.mesh, jax.P())
+    contribution = (
+      jnp.zeros((dim,), dtype).at[bucket].add(values, out_sharding=out_sharding)
+    )
     total = total + contribution / math.sqrt(max(leaf.size, 1))
   return total
 
