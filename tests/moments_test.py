@@ -200,23 +200,136 @@ class StateTest(chex.TestCase):
   @parameterized.named_parameters(
     ("tied_moments", bo.tied_moments), ("variance_ema", bo.variance_ema)
   )
-  def test_nonfinite_gradient_coordinates_do_not_touch_the_state(self, estimator):
+  def test_nonfinite_gradient_coordinates_hold_the_debiased_moments(self, estimator):
     tx = estimator(0.9)
     g = jnp.array([1.0, 2.0, 3.0])
-    _, state = tx.update(g, tx.init(g))
+    moments, state = tx.update(g, tx.init(g))
+    g2 = jnp.array([2.0, 1.0, 3.0])
+    before, state = tx.update(g2, state)
     bad = jnp.array([jnp.nan, jnp.inf, 4.0])
     moments, new_state = tx.update(bad, state)
-    for old, new in zip(
-      jax.tree.leaves(state)[1:], jax.tree.leaves(new_state)[1:], strict=True
-    ):
-      np.testing.assert_array_equal(new[:2], old[:2])
-      self.assertFalse(np.array_equal(new[2], old[2]))
-    np.testing.assert_array_equal(moments.mean[:2], 0.0)
-    np.testing.assert_array_equal(moments.variance[:2], 0.0)
+    # Held: the emitted (debiased) mean and variance are those of the step
+    # before; the finite coordinate moves on.
+    np.testing.assert_allclose(moments.mean[:2], before.mean[:2], rtol=1e-6)
+    np.testing.assert_allclose(moments.variance[:2], before.variance[:2], rtol=1e-5)
+    self.assertGreater(float(moments.variance[0]), 0.1)  # Not zeroed.
+    self.assertNotAlmostEqual(float(moments.mean[2]), float(before.mean[2]))
+    if isinstance(
+      state, optax.ScaleByAdamState
+    ):  # Raw EMAs: m_k = m_{k-1} c_k/c_{k-1}.
+      ratio = (1 - 0.9**3) / (1 - 0.9**2)
+      np.testing.assert_allclose(new_state.mu[:2], state.mu[:2] * ratio, rtol=1e-6)
+      np.testing.assert_allclose(new_state.nu[:2], state.nu[:2] * ratio, rtol=1e-6)
+    else:
+      np.testing.assert_array_equal(new_state.mean[:2], state.mean[:2])
+      np.testing.assert_array_equal(new_state.variance[:2], state.variance[:2])
     unguarded = estimator(0.9, guard_nonfinite=False)
     _, state = unguarded.update(g, unguarded.init(g))
     _, state = unguarded.update(bad, state)
     self.assertTrue(np.isnan(jax.tree.leaves(state)[1][0]))
+
+  @parameterized.named_parameters(
+    ("tied_moments", bo.tied_moments), ("variance_ema", bo.variance_ema)
+  )
+  def test_nonfinite_before_any_finite_gradient_gives_zero_moments(self, estimator):
+    tx = estimator(0.9)
+    bad = jnp.array([jnp.nan, 1.0])
+    moments, state = tx.update(bad, tx.init(bad))
+    moments, state = tx.update(bad, state)
+    np.testing.assert_array_equal(moments.mean[0], 0.0)
+    np.testing.assert_array_equal(moments.variance[0], 0.0)
+    np.testing.assert_allclose(moments.mean[1], 1.0, rtol=1e-6)
+
+  def test_guard_and_bias_correction_agree_on_every_path(self):
+    # Issue 12 item 7: a constant gradient 1 with one NaN step at coordinate 0.
+    # Before, variance_ema gave 1.0 afterwards and the fused path and
+    # tied_moments 0.837; with held debiased moments all give 1.
+    g, bad = jnp.ones(2), jnp.array([jnp.nan, 1.0])
+    stream = [g, g, bad, g, g]
+    paths = {
+      "fused": bo.balanced_adam(1.0, 0.9, eps=0.0),
+      "tied": optax.chain(bo.tied_moments(0.9), bo.snr_sign_step(eps=0.0)),
+      "ema": optax.chain(bo.variance_ema(0.9), bo.snr_sign_step(eps=0.0)),
+    }
+    for name, tx in paths.items():
+      got, _ = streams.run(jax.jit(tx.update), tx.init(g), stream, g)
+      sign = -1.0 if name == "fused" else 1.0
+      np.testing.assert_allclose(got, sign * np.ones((5, 2)), rtol=1e-6, err_msg=name)
+
+
+class DtypeTest(chex.TestCase):
+  """Issue 12 items 1-4 at the estimator: what is emitted, in which dtype."""
+
+  @parameterized.named_parameters(
+    ("tied_moments", bo.tied_moments), ("variance_ema", bo.variance_ema)
+  )
+  def test_float16_moments_are_emitted_in_float32_without_overflow(self, estimator):
+    # Gradients ~1000 with noise ~400: a float16 variance (1.6e5) overflows;
+    # gradients ~1e-4: a float16 variance (1e-9) underflows.
+    rng = np.random.default_rng(2)
+    for scale in (1e3, 1e-4):
+      raw = scale * (1 + 0.4 * rng.normal(size=(30, 6)))
+      grads = [jnp.asarray(g, jnp.float16) for g in raw]
+      tx = estimator(0.9)
+      got, state = streams.run(jax.jit(tx.update), tx.init(grads[0]), grads, None)
+      self.assertEqual(got.mean.dtype, np.float32)
+      self.assertEqual(got.variance.dtype, np.float32)
+      self.assertTrue(all(x.dtype == jnp.float32 for x in jax.tree.leaves(state)[1:]))
+      f16 = np.asarray(raw.astype(np.float16), np.float64)
+      m, v, _ = _paper_recursions(f16, 0.9)
+      c = 1 - 0.9 ** np.arange(1, 31)[:, None]
+      want_var = v / c - (m / c) ** 2
+      np.testing.assert_allclose(got.variance[5:], want_var[5:], rtol=1e-3)
+      self.assertGreater(want_var[5:].min() * scale**-2, 1e-3)
+
+  def test_huge_finite_gradients_give_no_nan(self):
+    # Issue 12 item 3: g = 3e19 overflows v = g^2 in float32; v - m^2 was inf - inf.
+    g = jnp.array([3e19, -3e19, 1.0], jnp.float32)
+    for estimator in (bo.tied_moments, bo.variance_ema):
+      tx = estimator(0.9)
+      moments, _ = streams.run(jax.jit(tx.update), tx.init(g), [g] * 3, None)
+      self.assertFalse(np.isnan(moments.variance).any(), estimator.__name__)
+      self.assertFalse(np.isnan(moments.mean).any(), estimator.__name__)
+      np.testing.assert_allclose(moments.mean[-1], g, rtol=1e-6)
+    tied = optax.chain(bo.tied_moments(0.9), bo.snr_sign_step())
+    got, _ = streams.run(jax.jit(tied.update), tied.init(g), [g] * 3, None)
+    want, _ = streams.reference(optax.scale_by_adam(0.9, 0.9), [g] * 3, g)
+    np.testing.assert_allclose(got, want, rtol=1e-6)  # 0 where v overflowed.
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+    ("tied_moments", bo.tied_moments), ("variance_ema", bo.variance_ema)
+  )
+  def test_complex_mean_and_real_variance_match_a_float64_reference(self, estimator):
+    rng = np.random.default_rng(3)
+    raw = (1 + 2j) + rng.normal(size=(40, 5)) + 1j * rng.normal(size=(40, 5))
+    grads = [jnp.asarray(g, jnp.complex64) for g in raw]
+    tx = estimator(0.8)
+    params = jnp.zeros(5, jnp.complex64)
+    got, state = streams.run(self.variant(tx.update), tx.init(params), grads, params)
+    self.assertEqual(got.mean.dtype, np.complex64)
+    self.assertEqual(got.variance.dtype, np.float32)
+    c = 1 - 0.8 ** np.arange(1, 41)[:, None]
+    m = v = 0
+    means, variances = [], []
+    for k, g in enumerate(raw):
+      m, v = 0.8 * m + 0.2 * g, 0.8 * v + 0.2 * np.abs(g) ** 2
+      means.append(m / c[k]), variances.append(v / c[k] - np.abs(m / c[k]) ** 2)
+    np.testing.assert_allclose(got.mean, np.array(means), rtol=1e-5)
+    np.testing.assert_allclose(got.variance, np.array(variances), rtol=1e-4, atol=1e-5)
+    self.assertGreater(np.min(variances[5:]), 0.3)  # E|g - mean|^2 = 2 here.
+    if isinstance(state, optax.ScaleByAdamState):
+      _, ref_state = streams.reference(optax.scale_by_adam(0.8, 0.8), grads, params)
+      streams.assert_leafwise_close(state, ref_state, rtol=1e-6)
+
+  def test_complex_params_refuse_a_state_dtype_with_no_complex_form(self):
+    tx = bo.tied_moments(0.9, state_dtype=jnp.bfloat16)
+    with self.assertRaisesRegex(ValueError, "state_dtype.*complex"):
+      tx.init(jnp.zeros(2, jnp.complex64))
+    tx = bo.variance_ema(0.9, state_dtype=jnp.float32)
+    state = tx.init(jnp.zeros(2, jnp.complex64))
+    self.assertEqual(state.mean.dtype, jnp.complex64)
+    self.assertEqual(state.variance.dtype, jnp.float32)
 
 
 if __name__ == "__main__":
