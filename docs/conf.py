@@ -33,7 +33,6 @@ version = release
 
 extensions = [
   "sphinx.ext.autodoc",
-  "sphinx.ext.autosummary",
   "sphinx.ext.mathjax",
   "sphinx.ext.napoleon",
   "sphinx.ext.viewcode",
@@ -48,7 +47,6 @@ napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": False}
-autosummary_generate = False
 
 # A reference to a name that does not exist is an error. Names from the
 # libraries we build on are not resolved: this build runs offline (no
