@@ -18,49 +18,49 @@ state, so a train step can log
 ``moment_statistics(moments_from_state(opt_state, beta))``.
 """
 
+import collections.abc
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.tree_util import DictKey, GetAttrKey
 
+from balanced_optax import _tree
 from balanced_optax.adam import ScaleSafeAdamState
 from balanced_optax.moments import GradientMoments, VarianceEmaState
 
-_MOMENT_STATES = (optax.ScaleByAdamState, ScaleSafeAdamState, VarianceEmaState)
-_INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+# The second-moment field of each state read, by the state's field names.
+_MOMENT_TYPES = {
+  optax.ScaleByAdamState: "nu",
+  ScaleSafeAdamState: "rms",
+  VarianceEmaState: "variance",
+}
+_MOMENT_FIELDS = {frozenset(t._fields): second for t, second in _MOMENT_TYPES.items()}
+_INJECT_FIELDS = frozenset({"count", "hyperparams", "inner_state"})
+# Hyperparameter names that hold the Adam memory, most specific first: a Muon
+# optimizer's 'beta' is its momentum, and its Adam half has its own.
+_BETA_KEYS = (("adam_beta",), ("adam_b1", "adam_b2"), ("beta",), ("b1", "b2"))
 
 
-def _upcast(x: jax.Array) -> jax.Array:
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _path_name(path) -> str:
+def _leaf_name(path) -> str:
   """'layers/0/kernel' from a key path; drops nnx.Variable's '.value' hop."""
-  parts = []
-  for key in path:
-    if isinstance(key, jax.tree_util.GetAttrKey):
-      if key.name != "value":
-        parts.append(key.name)
-    elif isinstance(key, jax.tree_util.DictKey):
-      parts.append(str(key.key))
-    elif isinstance(key, jax.tree_util.SequenceKey):
-      parts.append(str(key.idx))
-    else:
-      parts.append(str(getattr(key, "key", key)))
-  return "/".join(parts) or "root"
+  path = [k for k in path if not (isinstance(k, GetAttrKey) and k.name == "value")]
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/") or "root"
 
 
 def _leaf_sums(mean, variance, eps):
   """Per-coordinate SNR and the leaf's sums of the logged quantities."""
-  m, v = _upcast(mean), _upcast(variance)
+  m2 = jnp.square(jnp.abs(_tree.upcast(mean)))  # |mean|^2, also for complex.
+  v = jnp.real(_tree.upcast(variance))
   # A zero coordinate (m = v = 0) has SNR 0 and rho 0, also with eps = 0.
-  snr = jnp.where(m == 0, 0, m * m / (v + eps * eps))
-  denom = jnp.sqrt(m * m + v) + eps
-  rho = jnp.where(denom > 0, jnp.abs(m) / jnp.where(denom > 0, denom, 1), 0)
+  snr = jnp.where(m2 == 0, 0, m2 / (v + eps * eps))
+  denom = jnp.sqrt(m2 + v) + eps
+  rho = jnp.where(denom > 0, jnp.sqrt(m2) / jnp.where(denom > 0, denom, 1), 0)
   sums = {
     "snr_mean": jnp.sum(snr),
-    "sign_dominated_fraction": jnp.sum(m * m > v, dtype=snr.dtype),
+    "sign_dominated_fraction": jnp.sum(m2 > v, dtype=snr.dtype),
     "shrinkage_mean": jnp.sum(rho),
     "update_rms": jnp.sum(rho * rho),  # |d| = rho, so mean(d^2) = mean(rho^2).
   }
@@ -166,7 +166,7 @@ def moment_statistics(
       continue
     snr, sums = _leaf_sums(m, v, eps)
     if per_leaf:
-      name = _path_name(path)
+      name = _leaf_name(path)
       leaf = _finish(sums, m.size, snr, median)
       stats.update({f"{key}/{name}": value for key, value in leaf.items()})
     totals = {k: totals.get(k, 0) + s for k, s in sums.items()}
@@ -178,42 +178,174 @@ def moment_statistics(
   return {**_finish(totals, size, all_snr, median), **stats}
 
 
-def _betas(value) -> tuple[Any, Any]:
-  return tuple(value) if isinstance(value, tuple | list) else (value, value)
+def _fields(node) -> dict[str, Any] | None:
+  """A node's fields by name, if it is a NamedTuple or a mapping (else None)."""
+  if isinstance(node, tuple) and hasattr(node, "_fields"):
+    return node._asdict()
+  if isinstance(node, collections.abc.Mapping):
+    return dict(node)
+  return None
+
+
+def _second_field(node) -> str | None:
+  """The second-moment field name if ``node`` is a moment state, else None.
+
+  optax states are recognised by type. ``nnx.split`` turns every NamedTuple
+  of an optimizer state into a mapping of its fields, so there a mapping with
+  exactly a moment state's field names counts as one.
+  """
+  if isinstance(node, tuple(_MOMENT_TYPES)):
+    return _MOMENT_TYPES[type(node)]
+  if isinstance(node, collections.abc.Mapping):
+    return _MOMENT_FIELDS.get(frozenset(node.keys()))
+  return None
+
+
+def _is_inject(node) -> bool:
+  """inject_hyperparams' state, as a NamedTuple or as nnx.split's mapping."""
+  if isinstance(
+    node, optax.InjectHyperparamsState | optax.InjectStatefulHyperparamsState
+  ):
+    return True
+  return isinstance(node, collections.abc.Mapping) and _INJECT_FIELDS <= set(node)
+
+
+def _scalar(x):
+  return jax.tree.leaves(x)[0]  # Unwraps nnx.OptArray / nnx.Variable.
 
 
 def _betas_from_hyperparams(hyperparams) -> tuple[Any, Any] | None:
-  """(b1, b2) from inject_hyperparams' dict: 'beta', or optax.adam's 'b1', 'b2'."""
-  scalar = lambda x: jax.tree.leaves(x)[0]  # Unwraps e.g. nnx.OptArray.
-  if "beta" in hyperparams:
-    return _betas(scalar(hyperparams["beta"]))
-  if "b1" in hyperparams and "b2" in hyperparams:
-    return scalar(hyperparams["b1"]), scalar(hyperparams["b2"])
+  """(beta1, beta2) for the Adam states under an inject_hyperparams state."""
+  for keys in _BETA_KEYS:
+    if all(key in hyperparams for key in keys):
+      values = [_scalar(hyperparams[key]) for key in keys]
+      return values[0], values[-1]
   return None
 
 
-def _find_moment_state(tree, betas):
-  """First moment state in tree order, with the betas that apply to it."""
-  is_state = lambda x: isinstance(x, _MOMENT_STATES + _INJECT_STATES)
-  for node in jax.tree.leaves(tree, is_leaf=is_state):
-    if isinstance(node, _INJECT_STATES):
-      inner = betas or _betas_from_hyperparams(node.hyperparams)
-      found = _find_moment_state(node.inner_state, inner)
-      if found is not None:
-        return found
-    elif isinstance(node, _MOMENT_STATES):
-      return node, betas
-  return None
+@dataclasses.dataclass(frozen=True)
+class _Found:
+  path: tuple[Any, ...]  # Key path of the moment state in the optimizer state.
+  fields: dict[str, Any]
+  second: str  # "nu", "rms" or "variance".
+  hyperparam_betas: tuple[Any, Any] | None  # From the nearest inject state.
+
+  @property
+  def where(self) -> str:
+    return jax.tree_util.keystr(self.path) or "the root"
+
+  @property
+  def labels(self) -> list[str]:
+    """Dict keys on the way to the state (partition labels), nearest first."""
+    keys = [k.key for k in self.path if isinstance(k, DictKey)]
+    return [k for k in reversed(keys) if isinstance(k, str)]
+
+
+def _find_moment_states(tree, prefix=(), betas=None) -> list[_Found]:
+  """Every moment state in tree order, with the nearest inject_hyperparams' betas."""
+  is_node = lambda x: _second_field(x) is not None or _is_inject(x)
+  found = []
+  for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_node)[0]:
+    path = prefix + path
+    second = _second_field(node)
+    if second is not None:
+      found.append(_Found(path, _fields(node), second, betas))
+    elif _is_inject(node):
+      fields = _fields(node)
+      key = GetAttrKey if isinstance(node, tuple) else DictKey
+      inner_betas = _betas_from_hyperparams(fields["hyperparams"]) or betas
+      found += _find_moment_states(
+        fields["inner_state"], (*path, key("inner_state")), inner_betas
+      )
+  return found
+
+
+def _is_empty(found: _Found) -> bool:
+  """No array under the state's mean (e.g. Muon's Adam group with no leaves)."""
+  return not jax.tree.leaves(
+    found.fields["mu" if found.second != "variance" else "mean"]
+  )
+
+
+def _resolve_betas(found: _Found, beta) -> tuple[Any, Any] | None:
+  if isinstance(beta, collections.abc.Mapping):
+    for label in found.labels:
+      if label in beta:
+        return _as_pair(beta[label])
+    return found.hyperparam_betas
+  if beta is not None:
+    return _as_pair(beta)
+  return found.hyperparam_betas
+
+
+def _as_pair(value) -> tuple[Any, Any]:
+  return tuple(value) if isinstance(value, tuple | list) else (value, value)
+
+
+def _read(found: _Found, betas) -> GradientMoments:
+  """Debiased (mean, real variance) of one moment state, in at least float32."""
+  fields = found.fields
+  if found.second == "variance":
+    mean = _tree.upcast(fields["mean"])
+    variance = jax.tree.map(jnp.real, _tree.upcast(fields["variance"]))
+    return GradientMoments(mean, variance)
+  # count 0 (no update yet): the moments are 0, and so are mean and variance.
+  count = jnp.maximum(_scalar(fields["count"]), 1)
+  b1, b2 = (jnp.asarray(b) for b in betas)
+  mean = optax.tree.bias_correction(_tree.upcast(fields["mu"]), b1, count)
+  # Adam's nu (and optax's complex nu) is real in value: E|g|^2.
+  second = jax.tree.map(jnp.real, _tree.upcast(fields[found.second]))
+  if found.second == "rms":
+    second = jax.tree.map(jnp.square, second)
+  second = optax.tree.bias_correction(second, b2, count)
+  variance = jax.tree.map(
+    lambda s, m: jnp.maximum(s - jnp.square(jnp.abs(m)), 0), second, mean
+  )
+  return GradientMoments(mean, variance)
+
+
+def _merge(parts: list[tuple[_Found, GradientMoments]]) -> GradientMoments:
+  """One GradientMoments from several states over disjoint parts of one tree."""
+  if len(parts) == 1:
+    return parts[0][1]
+  is_hole = lambda x: isinstance(x, optax.MaskedNode)
+  flat = [jax.tree.flatten(m, is_leaf=is_hole) for _, m in parts]
+  treedef = flat[0][1]
+  if any(t != treedef for _, t in flat):
+    raise ValueError(
+      "moments_from_state found moment states over different trees at "
+      + ", ".join(found.where for found, _ in parts)
+      + "; they cannot be merged into one GradientMoments. Pass each one's"
+      " sub-state to moments_from_state separately."
+    )
+  merged = []
+  for position, leaves in enumerate(zip(*(leaves for leaves, _ in flat), strict=True)):
+    owners = [i for i, leaf in enumerate(leaves) if not is_hole(leaf)]
+    if len(owners) > 1:
+      raise ValueError(
+        f"moments_from_state found two moment states over the same coordinates"
+        f" (leaf {position} of the mean/variance tree) at "
+        + " and ".join(parts[i][0].where for i in owners)
+        + ": ambiguous. Pass the sub-state you want to moments_from_state."
+      )
+    merged.append(leaves[owners[0]] if owners else optax.MaskedNode())
+  return jax.tree.unflatten(treedef, merged)
 
 
 def moments_from_state(
-  opt_state: optax.OptState, beta: float | tuple[float, float] | None = None
+  opt_state: optax.OptState,
+  beta: float
+  | tuple[float, float]
+  | collections.abc.Mapping[str, float | tuple[float, float]]
+  | None = None,
 ) -> GradientMoments | None:
   r"""The debiased gradient mean and variance held in an optimizer state.
 
-  Walks any optax state tree (chains, ``inject_hyperparams``,
-  ``apply_if_finite``, ``MultiSteps``, ``masked``, ``multi_transform``, and
-  ``flax.nnx.Optimizer.opt_state``) and uses the first of these it meets:
+  Walks any optax state tree (``chain``, ``inject_hyperparams``,
+  ``apply_if_finite``, ``MultiSteps``, ``masked``, ``partition`` /
+  ``multi_transform``), ``flax.nnx.Optimizer.opt_state`` and the pure state of
+  ``nnx.split(optimizer)`` that a jitted train step carries, and reads every
+  moment state it finds:
 
   * ``optax.ScaleByAdamState(count, mu, nu)`` (``optax.adam``,
     :func:`balanced_optax.balanced_adam`, :func:`balanced_optax.tied_moments`):
@@ -222,67 +354,103 @@ def moments_from_state(
     .. math::
 
       \text{mean} = \mu / c_1, \qquad
-      \text{variance} = \max(\nu / c_2 - \text{mean}^2,\ 0);
+      \text{variance} = \max(\operatorname{Re}\nu / c_2 - |\text{mean}|^2,\ 0)
 
+    (for complex params the mean is complex and the variance
+    :math:`E|g - \text{mean}|^2` real);
   * ``ScaleSafeAdamState(count, mu, rms)`` (``scale_safe=True``): the same
     with :math:`\nu = \text{rms}^2`;
   * ``VarianceEmaState(count, mean, variance)``
     (:func:`balanced_optax.variance_ema`): its fields as they are (they are
-    the debiased moments when ``debias=True``; ``beta`` is not needed).
+    the debiased moments when ``debias=True``; no beta is needed).
 
-  Before the first update (count 0) the moments are zero. For an untied Adam
-  state (:math:`\beta_1 \ne \beta_2`) the "variance" mixes two memories and is
-  only a rough estimate.
+  States that hold no coordinates (e.g. the empty Adam group inside
+  ``optax.contrib.muon`` when every leaf it sees is a matrix) are skipped.
+  Every other state is read with its own beta, and the results are merged
+  into one :class:`GradientMoments` shaped like the params: under
+  ``optax.partition`` or ``optax.masked`` each state covers some leaves and
+  holds ``optax.MaskedNode`` holes elsewhere, so the merged tree has each
+  covered leaf's moments and a ``MaskedNode`` (no coordinates) where no
+  moment state covers the leaf (e.g. Muon's matrices).
+  :func:`moment_statistics` then reports all covered coordinates together
+  (``per_leaf=True`` names each leaf by its path in the params).
+
+  In a split nnx state the NamedTuple types are gone, so any mapping with
+  exactly the fields ``{count, mu, nu}`` is read as Adam's (an
+  ``optax.adabelief`` state, whose ``nu`` means something else, would be
+  misread there). Before the first update (count 0) the moments are zero.
+  For an untied Adam state (:math:`\beta_1 \ne \beta_2`) the "variance" mixes
+  two memories and is only a rough estimate.
 
   Args:
     opt_state: an optimizer state; jit-traced states are fine.
-    beta: the EMA memory to debias with: a float (tied), or a pair
-      ``(beta1, beta2)``. If None, it is read from an enclosing
-      ``optax.inject_hyperparams`` state whose hyperparams hold ``'beta'`` (or
-      ``'b1'`` and ``'b2'``); it is required for Adam states otherwise.
+    beta: the EMA memory to debias with, for the states that need one: a
+      float (tied), a pair ``(beta1, beta2)``, or a mapping from partition
+      labels to either, for several groups with different betas, e.g.
+      ``{"embed": 0.99, "rest": 0.95}`` (a state takes the entry of the
+      nearest enclosing dict key found in the mapping). Where ``beta`` gives
+      none, the beta comes from the nearest enclosing
+      ``optax.inject_hyperparams`` state: its ``'adam_beta'``, ``'adam_b1'``
+      and ``'adam_b2'`` (Muon's Adam half), ``'beta'``, or ``'b1'`` and
+      ``'b2'``, the first present.
 
   Returns:
-    :class:`GradientMoments` (mean, variance) in at least float32, each shaped
-    like the params, or None if the state holds no moments.
+    :class:`GradientMoments` (mean, variance) in at least float32, each a
+    tree shaped like the params, or None if the state holds no moments with
+    coordinates.
 
   Raises:
-    ValueError: if an Adam state is found but no beta is known.
+    ValueError: if an Adam state is found but no beta is known for it, or
+      the states found cannot be merged (they cover the same coordinates, or
+      different trees); the message names the states' paths.
 
   Example:
+    Two balanced groups with their own betas, one read from
+    ``inject_hyperparams``, the other passed by label:
+
     >>> import jax.numpy as jnp, numpy as np, optax
     >>> import balanced_optax as bo
-    >>> tx = optax.inject_hyperparams(bo.balanced_adam)(learning_rate=0.1, beta=0.5)
-    >>> state = tx.init({"w": jnp.zeros(2)})
+    >>> tx = optax.partition(
+    ...   {
+    ...     "a": optax.inject_hyperparams(bo.balanced_adam)(0.1, beta=0.5),
+    ...     "b": bo.balanced_adam(0.1, beta=0.9),
+    ...   },
+    ...   {"w": "a", "b": "b"},
+    ... )
+    >>> params = {"w": jnp.zeros(2), "b": jnp.zeros(1)}
+    >>> state = tx.init(params)
     >>> for g in ([1.0, -2.0], [3.0, -2.0]):
-    ...   _, state = tx.update({"w": jnp.array(g)}, state)
-    >>> moments = bo.moments_from_state(state)  # beta read from the hyperparams
+    ...   grads = {"w": jnp.array(g), "b": jnp.array(g[:1])}
+    ...   _, state = tx.update(grads, state, params)
+    >>> moments = bo.moments_from_state(state, beta={"b": 0.9})
     >>> with np.printoptions(precision=4):
     ...   print(moments.mean["w"], moments.variance["w"])
+    ...   print(moments.mean["b"], moments.variance["b"])
     [ 2.3333 -2.    ] [0.8889 0.    ]
+    [2.0526] [0.9972]
 
   References:
     Orvieto & Gower, In Search of Adam's Secret Sauce, arXiv 2505.21829, 2025.
   """
-  found = _find_moment_state(opt_state, None if beta is None else _betas(beta))
-  if found is None:
+  found = [f for f in _find_moment_states(opt_state) if not _is_empty(f)]
+  if not found:
     return None
-  state, betas = found
-  if isinstance(state, VarianceEmaState):
-    return GradientMoments(
-      jax.tree.map(_upcast, state.mean), jax.tree.map(_upcast, state.variance)
-    )
-  if betas is None:
+  parts, missing = [], []
+  for state in found:
+    betas = None if state.second == "variance" else _resolve_betas(state, beta)
+    if betas is None and state.second != "variance":
+      missing.append(state)
+    else:
+      parts.append((state, _read(state, betas)))
+  if missing:
     raise ValueError(
-      f"moments_from_state found {type(state).__name__} but no beta to debias"
-      " it with: pass beta=... (or build the optimizer with"
-      " optax.inject_hyperparams so that 'beta' is in its hyperparams)."
+      "moments_from_state found "
+      + ", ".join(
+        f"an Adam moment state at {s.where} (dict keys on its path: {s.labels})"
+        for s in missing
+      )
+      + " but no beta to debias it with: pass beta=<float>, beta=(b1, b2), or"
+      " beta={label: beta} for several groups, or build the optimizer with"
+      " optax.inject_hyperparams so that 'beta' is in its hyperparams."
     )
-  count = jnp.maximum(jax.tree.leaves(state.count)[0], 1)
-  c1, c2 = (1 - jnp.asarray(b) ** count for b in betas)
-  if isinstance(state, ScaleSafeAdamState):
-    nu = jax.tree.map(lambda r: jnp.square(_upcast(r)), state.rms)
-  else:
-    nu = jax.tree.map(_upcast, state.nu)
-  mean = jax.tree.map(lambda m: _upcast(m) / c1, state.mu)
-  variance = jax.tree.map(lambda n, m: jnp.maximum(n / c2 - m * m, 0), nu, mean)
-  return GradientMoments(mean, variance)
+  return _merge(parts)
