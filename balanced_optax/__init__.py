@@ -36,6 +36,7 @@ from balanced_optax.moments import (
   variance_ema,
 )
 from balanced_optax.monitoring import moment_statistics, moments_from_state
+from balanced_optax.muon import balanced_muon
 from balanced_optax.selection import (
   BetaSelection,
   beta_from_noise_and_lag,
@@ -76,6 +77,8 @@ __all__ = (
   "beta_from_noise_and_lag",
   "select_beta",
   "tracking_risk",
+  # Muon on hidden matrices, balanced Adam on the rest.
+  "balanced_muon",
   # Moment statistics for logging.
   "moment_statistics",
   "moments_from_state",
