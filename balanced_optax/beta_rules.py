@@ -10,11 +10,28 @@ Balanced Adam has one hyperparameter besides the learning rate, its memory
   length :math:`T_{ES}` is read off a validation curve by
   :func:`estimate_effective_horizon`;
 * the batch-size rule :math:`\beta \to \beta^\kappa` [B23];
-* [Z22]'s convergence region :math:`\beta_1 < \sqrt{\beta_2}`.
+* [Z22]'s convergence region :math:`\beta_1 < \sqrt{\beta_2}`;
+* [FH26b]'s sweep grid :data:`BETA_GRID`, :math:`1 - \beta = 10^{-k/4}`,
+  and :func:`snap_beta`, which rounds any beta to a grid.
 
 The scalar rules accept Python floats or NumPy arrays (elementwise) and return
-a float for scalar input, an array otherwise. Out-of-range inputs raise a
-``ValueError`` that names the argument.
+a float for scalar input, an array otherwise. Out-of-range inputs (NaN, inf,
+strings and bools included) raise a ``ValueError`` that names the argument;
+no rule returns :math:`\beta = 1`: where float64 would round the result to 1
+(a horizon beyond :math:`2^{53}` steps) it raises a ``ValueError`` instead.
+
+Example:
+  >>> import numpy as np
+  >>> import balanced_optax as bo
+  >>> print(len(bo.BETA_GRID), np.round(bo.BETA_GRID, 5))
+  13 [0.      0.43766 0.68377 0.82217 0.9     0.94377 0.96838 0.98222 0.99
+   0.99438 0.99684 0.99822 0.999  ]
+  >>> print(round(bo.memory_horizon(bo.BETA_GRID[5]), 3))
+  17.783
+
+References:
+  [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
+  Adam, arXiv 2605.10119, 2026.
 """
 
 import math

@@ -80,7 +80,8 @@ def first_order_scale_coefficient(beta1, beta2) -> float | np.ndarray:
 
 def _stack_steps(grads: Any, scales: Any) -> tuple[Any, jax.Array]:
   """(gradients with a leading time axis T, scales of shape [T]), validated."""
-  scales_T = np.asarray(scales, dtype=np.float64)
+  scales_T = _checks.real_array("scales", scales, "positive numbers")
+  scales_T = scales_T.astype(np.float64)
   if scales_T.ndim != 1 or len(scales_T) == 0:
     raise ValueError(f"scales must be a non-empty 1-D array, got {scales_T.shape}.")
   if not np.all(np.isfinite(scales_T) & (scales_T > 0)):
@@ -253,9 +254,14 @@ def update_norm_stability(
     arXiv 2601.21739, 2026.
   """
   grads_T, scales_T = _stack_steps(grads, scales)
-  if not 0 <= warmup <= len(scales_T) - 2:
+  if (
+    isinstance(warmup, bool)
+    or not isinstance(warmup, int | np.integer)
+    or not 0 <= warmup <= len(scales_T) - 2
+  ):
     raise ValueError(
-      f"warmup must be in [0, T - 2] = [0, {len(scales_T) - 2}], got {warmup}."
+      f"warmup must be an integer in [0, T - 2] = [0, {len(scales_T) - 2}],"
+      f" got {warmup!r}."
     )
   norms = _run(tx, grads_T, scales_T, params, with_reference=False)["scaled"]
   with np.errstate(divide="ignore", invalid="ignore"):

@@ -49,10 +49,18 @@ class TestFirstOrderScaleCoefficient:
 
   @pytest.mark.parametrize(
     "args, name",
-    [((1.0, 0.9), "beta1"), ((0.9, -0.1), "beta2"), ((0.9, np.nan), "beta2")],
+    [
+      ((1.0, 0.9), "beta1"),
+      ((0.9, -0.1), "beta2"),
+      ((0.9, np.nan), "beta2"),
+      (("0.9", 0.9), "beta1"),
+      ((0.9, True), "beta2"),
+    ],
   )
   def test_rejects_betas_outside_unit_interval(self, args, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(
+      ValueError, match=rf"^{name} must be (a number )?in \[0.0, 1.0\)"
+    ):
       diagnostics.first_order_scale_coefficient(*args)
 
   @pytest.mark.parametrize("delta", [DELTA, -DELTA])
@@ -179,6 +187,8 @@ class TestScaleSensitivity:
       (jnp.ones((5, 2)), np.array([1.0, 1, 1, 1, 0]), "scales"),
       (jnp.ones((5, 2)), np.ones((5, 1)), "1-D"),
       ([], np.ones(3), "empty"),
+      (jnp.ones((2, 2)), ["1", "2"], "^scales must be positive numbers"),
+      (jnp.ones((2, 2)), [True, True], "^scales must be positive numbers"),
     ],
   )
   def test_bad_inputs(self, grads, scales, match):
@@ -203,10 +213,13 @@ class TestUpdateNormStability:
       optax.sgd(1.0), jnp.ones((5, 1)), scales, warmup=2
     )
     assert osc == pytest.approx(np.log(2.0), rel=1e-6)
-    with pytest.raises(ValueError, match="warmup"):
-      diagnostics.update_norm_stability(
-        optax.sgd(1.0), jnp.ones((5, 1)), scales, warmup=4
-      )
+    for bad in (4, -1, True, 1.0):  # Bools are not step counts.
+      with pytest.raises(
+        ValueError, match=r"^warmup must be an integer in \[0, T - 2\] = \[0, 3\]"
+      ):
+        diagnostics.update_norm_stability(
+          optax.sgd(1.0), jnp.ones((5, 1)), scales, warmup=bad
+        )
 
   @pytest.mark.parametrize(
     "log_scales",
