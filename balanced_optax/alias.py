@@ -15,6 +15,8 @@ def balanced_adam(
   beta: jax.typing.ArrayLike = 0.95,
   eps: jax.typing.ArrayLike = 1e-8,
   *,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  nesterov: bool = False,
   state_dtype: jax.typing.DTypeLike | None = None,
   scale_safe: bool = False,
   guard_nonfinite: bool = True,
@@ -25,12 +27,17 @@ def balanced_adam(
   .. math::
 
     m_k = \beta m_{k-1} + (1-\beta) g_k, \qquad
-    v_k = \beta v_{k-1} + (1-\beta) g_k^2,
+    v_k = \beta v_{k-1} + (1-\beta) |g_k|^2,
 
-    u_k = -\alpha_k \frac{m_k / (1-\beta^k)}{\sqrt{v_k / (1-\beta^k)} + \varepsilon}.
+    u_k = -\alpha_k \frac{m_k / (1-\beta^k)}
+      {\sqrt{v_k / (1-\beta^k) + \varepsilon_r} + \varepsilon}.
 
-  Equal to ``optax.adam(learning_rate, b1=beta, b2=beta, eps=eps)`` (to float
-  rounding, and with the same state), with what tying buys: the update is a
+  Equal to ``optax.adam(learning_rate, b1=beta, b2=beta, eps=eps,
+  eps_root=eps_root, nesterov=nesterov)`` (to float rounding, and with the same
+  state), on real and complex params alike, so an ``optax.adam`` call with
+  ``b1 = b2`` ports by renaming. Updates come back in the dtype
+  ``optax.adam``'s would have (that of the params and gradients: float32 for
+  float32 params with bfloat16 gradients). What tying buys: the update is a
   Signum step shrunk by the gradient's signal-to-noise ratio, and it is
   invariant to first order to a slowly drifting gradient scale [FH26].
   ``beta=0.95`` is a good default for language models [OG25]; larger models
@@ -45,12 +52,15 @@ def balanced_adam(
     learning_rate: a constant >= 0 or an optax schedule.
     beta: the one memory of both moments, in [0, 1).
     eps: added to the denominator, >= 0.
+    eps_root: added inside the square root, >= 0 (``optax.adam``'s).
+    nesterov: Nesterov momentum, as ``optax.adam(nesterov=True)``.
     state_dtype: dtype of the moments (e.g. ``"bfloat16"``); ``None`` uses the
       params' dtype. Arithmetic runs in float32 or wider.
     scale_safe: keep the second moment in root form, so that with ``eps=0``
       the updates are invariant to gradient scales across float32's range.
-    guard_nonfinite: coordinates with NaN/Inf gradients keep their moments
-      and get a zero update (``False``: optax.adam's behaviour).
+    guard_nonfinite: where a gradient is NaN/Inf, hold that coordinate's
+      debiased moments, and so its step (``False``: optax.adam's behaviour;
+      see :func:`scale_by_balanced_adam`).
     stochastic_rounding: round bfloat16 moments stochastically so that an
       EMA with beta near 1 does not stall (see :func:`scale_by_balanced_adam`).
 
@@ -86,6 +96,8 @@ def balanced_adam(
     scale_by_balanced_adam(
       beta,
       eps,
+      eps_root=eps_root,
+      nesterov=nesterov,
       state_dtype=state_dtype,
       scale_safe=scale_safe,
       guard_nonfinite=guard_nonfinite,
@@ -102,6 +114,8 @@ def balanced_adamw(
   weight_decay: optax.ScalarOrSchedule = 1e-4,
   mask: Any | Callable[[optax.Params], Any] | None = None,
   *,
+  eps_root: jax.typing.ArrayLike = 0.0,
+  nesterov: bool = False,
   state_dtype: jax.typing.DTypeLike | None = None,
   scale_safe: bool = False,
   guard_nonfinite: bool = True,
@@ -117,7 +131,8 @@ def balanced_adamw(
 
   with :math:`m, v` as in :func:`balanced_adam` and :math:`\lambda` the
   ``weight_decay``. Equal to ``optax.adamw(learning_rate, b1=beta, b2=beta,
-  eps=eps, weight_decay=weight_decay, mask=mask)``. The chain is
+  eps=eps, eps_root=eps_root, weight_decay=weight_decay, mask=mask,
+  nesterov=nesterov)``, with updates in ``optax.adamw``'s dtype. The chain is
   ``scale_by_balanced_adam``, ``optax.add_decayed_weights(weight_decay,
   mask)``, ``optax.scale_by_learning_rate(learning_rate)``.
 
@@ -130,11 +145,13 @@ def balanced_adamw(
       returns one): True where weight decay applies. With
       ``optax.inject_hyperparams`` a callable mask must be listed in
       ``static_args``, as for ``optax.adamw``.
+    eps_root: added inside the square root, >= 0 (``optax.adamw``'s).
+    nesterov: Nesterov momentum, as ``optax.adamw(nesterov=True)``.
     state_dtype: dtype of the moments; ``None`` uses the params' dtype.
     scale_safe: keep the second moment in root form (see
       :func:`scale_by_balanced_adam`).
-    guard_nonfinite: coordinates with NaN/Inf gradients keep their moments
-      and get a zero update.
+    guard_nonfinite: where a gradient is NaN/Inf, hold that coordinate's
+      debiased moments (see :func:`scale_by_balanced_adam`).
     stochastic_rounding: round bfloat16 moments stochastically so that an
       EMA with beta near 1 does not stall (see :func:`scale_by_balanced_adam`).
 
@@ -168,6 +185,8 @@ def balanced_adamw(
     scale_by_balanced_adam(
       beta,
       eps,
+      eps_root=eps_root,
+      nesterov=nesterov,
       state_dtype=state_dtype,
       scale_safe=scale_safe,
       guard_nonfinite=guard_nonfinite,
