@@ -1,0 +1,506 @@
+r"""Small training workloads, and the one helper that trains them.
+
+Every benchmark and notebook that needs "train this model with this optimizer
+and give me its validation history" calls :func:`train_grid` (a whole grid
+of memories in one vmapped program, pure JAX) or :func:`train_gpt` (one run
+of the full ``examples/gpt`` trainer, checkpoints and metrics included).
+
+A :class:`Workload` is a model, a data stream and a training recipe, all pure
+functions of their arguments:
+
+* ``init(key) -> params``;
+* ``loss(params, batch) -> scalar`` (the training loss; the validation loss
+  is the same function on the fixed validation batch);
+* ``train_batch(step, seed) -> batch``, traceable: the batch of a step is a
+  pure function of ``(seed, step)``, so every memory of a grid, the pilot of
+  :func:`balanced_optax.select_beta` and a rerun see the same data order;
+* the recipe: peak learning rate with 5% linear warmup and cosine decay to
+  10%, global-norm clipping and decoupled weight decay, identical for every
+  memory of a grid.
+
+:func:`train_grid` stacks one copy of the initial parameters and optimizer
+state per memory, ``jax.vmap``\ s the jitted update over the memories (the
+batch is shared, not mapped) and scans ``eval_every`` updates per compiled
+call, so an 11-point grid costs one compilation and about eleven times one
+run's arithmetic, without Python overhead per step.
+
+The workloads (:func:`make_workload`):
+
+  ===============  =========================================================
+  ``gpt``          the character GPT of ``examples/gpt`` (``models.GPT``) on
+                   the bundled Shakespeare plays
+  ``gpt_sonnets``  the same model on Shakespeare's Sonnets (verse, another
+                   genre and vocabulary; the last 10% is the validation set)
+  ``mlp_digits``   a 64-128-128-10 GELU MLP on scikit-learn's 8x8 digits
+                   (1,497 train images, a tenth of their
+                   labels redrawn at random; 300 clean validation images)
+  ``quadratic``    noisy linear regression with a heterogeneous spectrum:
+                   features x ~ N(0, diag(h)), h log-spaced over 10^-2..10^2,
+                   y = w* . x + noise; validation loss = the exact expected
+                   loss 0.5 (sum h (w - w*)^2 + sigma^2)
+  ===============  =========================================================
+
+Example:
+  >>> from benchmarks import workloads
+  >>> w = workloads.make_workload("quadratic", num_steps=40, eval_every=20)
+  >>> h = workloads.train_grid(w, betas=[0.9, 0.99])
+  >>> print(h.val_loss.shape, h.steps.tolist())
+  (2, 3) [0, 20, 40]
+"""
+
+import contextlib
+import dataclasses
+import functools
+import io
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import balanced_optax as bo
+
+# The selection grid of [FH26c] (DESIGN.md section 3b): 1 - beta = 10^(-k/4),
+# k = 2..12.
+SELECTION_GRID = tuple(round(1.0 - 10.0 ** (-k / 4), 5) for k in range(2, 13))
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE_COMPLETE = os.path.join(
+  os.path.dirname(_REPO), "shared", "data", "shakespeare.txt"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """A model, its data and its training recipe.
+
+  Attributes:
+    name: a label for tables.
+    kind: ``"gpt"``, ``"mlp"`` or ``"quadratic"``.
+    init: ``key -> params``.
+    loss: ``(params, batch) -> scalar``.
+    train_batch: ``(step, seed) -> batch``, traceable in ``step``.
+    val_batch: the fixed validation batch.
+    learning_rate: peak learning rate.
+    num_steps: updates per run.
+    eval_every: updates between validation evaluations.
+    weight_decay: decoupled weight decay (AdamW's).
+    clip_norm: global gradient-norm clip, or None.
+    batch_size: examples per update (for the report).
+  """
+
+  name: str
+  kind: str
+  init: Callable[[jax.Array], Any]
+  loss: Callable[[Any, Any], jax.Array]
+  train_batch: Callable[[Any, int], Any]
+  val_batch: Any
+  learning_rate: float
+  num_steps: int
+  eval_every: int
+  weight_decay: float = 0.0
+  clip_norm: float | None = 1.0
+  batch_size: int = 0
+
+  def schedule(self) -> optax.Schedule:
+    """5% linear warmup, cosine decay to 10% of the peak."""
+    return optax.warmup_cosine_decay_schedule(
+      0.0,
+      self.learning_rate,
+      warmup_steps=max(1, self.num_steps // 20),
+      decay_steps=self.num_steps,
+      end_value=0.1 * self.learning_rate,
+    )
+
+  def optimizer(self, b1, b2=None) -> optax.GradientTransformation:
+    """The recipe with memory ``b1`` (balanced Adam) or untied ``(b1, b2)``.
+
+    ``b2=None`` gives :func:`balanced_optax.balanced_adamw` (beta1 = beta2 =
+    ``b1``); otherwise :func:`optax.adamw`. Either may be traced.
+    """
+    if b2 is None:
+      tx = bo.balanced_adamw(self.schedule(), beta=b1, weight_decay=self.weight_decay)
+    else:
+      tx = optax.adamw(self.schedule(), b1=b1, b2=b2, weight_decay=self.weight_decay)
+    if self.clip_norm is None:
+      return tx
+    return optax.chain(optax.clip_by_global_norm(self.clip_norm), tx)
+
+
+class History(NamedTuple):
+  """Validation histories of a grid of runs.
+
+  Attributes:
+    steps: ``(E,)`` update counts of the evaluations (0 = before training).
+    val_loss: ``(N, E)`` validation loss of each run at each evaluation.
+    seconds: wall time of the whole grid, compilation included.
+  """
+
+  steps: np.ndarray
+  val_loss: np.ndarray
+  seconds: float
+
+  @property
+  def best(self) -> np.ndarray:
+    """``(N,)`` lowest validation loss of each run (inf where none is finite)."""
+    loss = np.where(np.isfinite(self.val_loss), self.val_loss, np.inf)
+    return loss.min(axis=1)
+
+
+def train_grid(
+  workload: Workload,
+  betas: Sequence[float] | None = None,
+  *,
+  untied: Sequence[tuple[float, float]] | None = None,
+  seed: int = 0,
+) -> History:
+  """Trains ``workload`` once per memory, all memories in one vmapped program.
+
+  Args:
+    workload: the model, data and recipe.
+    betas: balanced Adam memories (one run each).
+    untied: instead of ``betas``, ``(beta1, beta2)`` pairs for AdamW.
+    seed: initialisation and data-order seed, shared by every run.
+
+  Returns:
+    A :class:`History`; row i is ``betas[i]`` (or ``untied[i]``).
+  """
+  if (betas is None) == (untied is None):
+    raise ValueError("pass exactly one of `betas` and `untied`.")
+  if untied is None:
+    b1 = jnp.asarray(betas, jnp.float32)
+    b2 = None
+  else:
+    b1 = jnp.asarray([p[0] for p in untied], jnp.float32)
+    b2 = jnp.asarray([p[1] for p in untied], jnp.float32)
+  n = b1.shape[0]
+  start = time.perf_counter()
+  params = workload.init(jax.random.key(seed))
+  stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), params)
+  grad_fn = jax.grad(workload.loss)
+
+  def one_update(beta1, beta2, p, state, batch):
+    tx = workload.optimizer(beta1, beta2)
+    updates, state = tx.update(grad_fn(p, batch), state, p)
+    return optax.apply_updates(p, updates), state
+
+  if b2 is None:
+    init_all = jax.vmap(lambda beta1, p: workload.optimizer(beta1).init(p))
+    states = init_all(b1, stacked)
+    update_all = jax.vmap(
+      lambda beta1, _, p, s, batch: one_update(beta1, None, p, s, batch),
+      in_axes=(0, None, 0, 0, None),
+    )
+    b2_arg = jnp.zeros(())
+  else:
+    init_all = jax.vmap(
+      lambda beta1, beta2, p: workload.optimizer(beta1, beta2).init(p)
+    )
+    states = init_all(b1, b2, stacked)
+    update_all = jax.vmap(one_update, in_axes=(0, 0, 0, 0, None))
+    b2_arg = b2
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def chunk(p, s, first_step):
+    def body(carry, step):
+      p, s = carry
+      return update_all(b1, b2_arg, p, s, workload.train_batch(step, seed)), None
+
+    steps = first_step + jnp.arange(workload.eval_every)
+    (p, s), _ = jax.lax.scan(body, (p, s), steps)
+    return p, s
+
+  evaluate = jax.jit(jax.vmap(lambda p: workload.loss(p, workload.val_batch)))
+  steps, losses = [0], [np.asarray(evaluate(stacked))]
+  p, s = stacked, states
+  for first in range(0, workload.num_steps, workload.eval_every):
+    p, s = chunk(p, s, jnp.asarray(first, jnp.int32))
+    steps.append(first + workload.eval_every)
+    losses.append(np.asarray(evaluate(p)))
+  return History(
+    np.asarray(steps), np.stack(losses, axis=1), time.perf_counter() - start
+  )
+
+
+# ----------------------------------------------------------------------------
+# Workloads.
+
+
+def _char_ids(text: str, val_fraction: float = 0.1):
+  from examples.gpt import input_pipeline
+
+  corpus = input_pipeline.make_corpus(text, val_fraction)
+  return corpus.vocab_size, corpus.train_ids, corpus.val_ids
+
+
+def sonnets_text() -> str:
+  """Shakespeare's Sonnets, cut from the complete works in ``shared/data``.
+
+  Falls back to the last tenth of the bundled plays where that file is absent
+  (a clean clone without the shared data folder).
+  """
+  if os.path.exists(SHAKESPEARE_COMPLETE):
+    with open(SHAKESPEARE_COMPLETE, encoding="utf-8") as f:
+      text = f.read()
+    start = text.find("THE SONNETS")
+    end = text.find("THE END", start)
+    if start >= 0 and end > start:
+      return text[start:end]
+  from examples.gpt import input_pipeline
+
+  plays = input_pipeline.read_text()
+  return plays[-len(plays) // 10 :]
+
+
+def gpt_workload(
+  name: str = "gpt",
+  *,
+  text: str | None = None,
+  batch_size: int = 16,
+  block_size: int = 32,
+  d_model: int = 32,
+  num_layers: int = 2,
+  num_heads: int = 2,
+  num_steps: int = 600,
+  eval_every: int = 30,
+  learning_rate: float = 6e-3,
+  weight_decay: float = 1e-4,
+  val_windows: int = 256,
+) -> Workload:
+  """The character GPT of ``examples/gpt`` (``models.GPT``) as a workload."""
+  from flax import nnx
+
+  from examples.gpt import input_pipeline, models
+
+  if text is None:
+    text = input_pipeline.read_text()
+  vocab_size, train_np, val_np = _char_ids(text)
+  train_ids = jnp.asarray(train_np)
+  starts = np.linspace(0, len(val_np) - block_size - 2, val_windows).astype(np.int64)
+  index = starts[:, None] + np.arange(block_size + 1)[None, :]
+  val_windows_np = val_np[index]
+  val_batch = {
+    "inputs": jnp.asarray(val_windows_np[:, :-1]),
+    "targets": jnp.asarray(val_windows_np[:, 1:]),
+  }
+
+  def build(key):
+    return models.GPT(
+      vocab_size, block_size, d_model, num_layers, num_heads, rngs=nnx.Rngs(key)
+    )
+
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(jax.random.key(0))))
+
+  def init(key):
+    return nnx.state(build(key), nnx.Param)
+
+  def loss(params, batch):
+    logits = nnx.merge(graphdef, params)(batch["inputs"])
+    return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), batch["targets"]
+    ).mean()
+
+  def train_batch(step, seed):
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    s = jax.random.randint(key, (batch_size,), 0, train_ids.shape[0] - block_size - 1)
+    window = train_ids[s[:, None] + jnp.arange(block_size + 1)[None, :]]
+    return {"inputs": window[:, :-1], "targets": window[:, 1:]}
+
+  return Workload(
+    name,
+    "gpt",
+    init,
+    loss,
+    train_batch,
+    val_batch,
+    learning_rate,
+    num_steps,
+    eval_every,
+    weight_decay,
+    1.0,
+    batch_size,
+  )
+
+
+def mlp_digits_workload(
+  name: str = "mlp_digits",
+  *,
+  batch_size: int = 32,
+  hidden: int = 128,
+  num_steps: int = 1000,
+  eval_every: int = 50,
+  learning_rate: float = 3e-3,
+  weight_decay: float = 1e-4,
+  label_noise: float = 0.1,
+) -> Workload:
+  """A 64-hidden-hidden-10 GELU MLP on scikit-learn's digits, noisy labels."""
+  from sklearn.datasets import load_digits
+
+  x, y = load_digits(return_X_y=True)
+  order = np.random.default_rng(0).permutation(len(y))
+  x = (x[order] / 16.0 - 0.3).astype(np.float32)
+  y = y[order].astype(np.int32)
+  # Label noise on the training split only (a tenth of its labels redrawn):
+  # the validation loss then has a floor and a best point before the end,
+  # rather than going to zero on this easy task.
+  y_noisy = y[:-300].copy()
+  flip = np.random.default_rng(1).random(len(y_noisy)) < label_noise
+  y_noisy[flip] = np.random.default_rng(2).integers(0, 10, flip.sum())
+  x_train, y_train = jnp.asarray(x[:-300]), jnp.asarray(y_noisy)
+  val_batch = (jnp.asarray(x[-300:]), jnp.asarray(y[-300:]))
+  sizes = (64, hidden, hidden, 10)
+
+  def init(key):
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [
+      {
+        "w": jax.random.normal(k, (m, n)) / math.sqrt(m),
+        "b": jnp.zeros(n),
+      }
+      for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
+
+  def loss(params, batch):
+    h, labels = batch
+    for layer in params[:-1]:
+      h = jax.nn.gelu(h @ layer["w"] + layer["b"])
+    logits = h @ params[-1]["w"] + params[-1]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  def train_batch(step, seed):
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    i = jax.random.randint(key, (batch_size,), 0, x_train.shape[0])
+    return x_train[i], y_train[i]
+
+  return Workload(
+    name,
+    "mlp",
+    init,
+    loss,
+    train_batch,
+    val_batch,
+    learning_rate,
+    num_steps,
+    eval_every,
+    weight_decay,
+    1.0,
+    batch_size,
+  )
+
+
+def quadratic_workload(
+  name: str = "quadratic",
+  *,
+  dim: int = 64,
+  batch_size: int = 8,
+  noise: float = 1.0,
+  num_steps: int = 1000,
+  eval_every: int = 50,
+  learning_rate: float = 3e-2,
+) -> Workload:
+  """Noisy linear regression with a heterogeneous feature spectrum.
+
+  Features :math:`x \\sim N(0, \\mathrm{diag}(h))` with :math:`h` log-spaced
+  over :math:`[10^{-2}, 10^2]`, targets :math:`y = w^* \\cdot x + \\sigma
+  \\xi`; the training loss is the batch mean of :math:`(w \\cdot x - y)^2 /
+  2`, the validation loss its exact expectation :math:`\\tfrac12(\\sum_i h_i
+  (w_i - w_i^*)^2 + \\sigma^2)` (its floor is the noise, :math:`\\sigma^2/2`).
+  """
+  h = jnp.logspace(-2, 2, dim)
+  w_star = jax.random.normal(jax.random.key(1234), (dim,))
+
+  def init(key):
+    del key  # one starting point, w = 0, for every seed; the data order varies
+    return {"w": jnp.zeros(dim)}
+
+  def loss(params, batch):
+    if batch is None:  # the validation "batch": the exact expectation
+      return 0.5 * (jnp.sum(h * (params["w"] - w_star) ** 2) + noise**2)
+    x, y = batch
+    return 0.5 * jnp.mean((x @ params["w"] - y) ** 2)
+
+  def train_batch(step, seed):
+    kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(seed), step))
+    x = jax.random.normal(kx, (batch_size, dim)) * jnp.sqrt(h)
+    y = x @ w_star + noise * jax.random.normal(ky, (batch_size,))
+    return x, y
+
+  return Workload(
+    name,
+    "quadratic",
+    init,
+    loss,
+    train_batch,
+    None,
+    learning_rate,
+    num_steps,
+    eval_every,
+    0.0,
+    None,
+    batch_size,
+  )
+
+
+def make_workload(kind: str, **overrides) -> Workload:
+  """A workload by kind (see the module docstring), with field overrides."""
+  if kind == "gpt":
+    return gpt_workload(**overrides)
+  if kind == "gpt_sonnets":
+    return gpt_workload(**{"name": "gpt_sonnets", "text": sonnets_text(), **overrides})
+  if kind == "mlp_digits":
+    return mlp_digits_workload(**overrides)
+  if kind == "quadratic":
+    return quadratic_workload(**overrides)
+  raise ValueError(
+    f"kind={kind!r} is not one of 'gpt', 'gpt_sonnets', 'mlp_digits', 'quadratic'."
+  )
+
+
+# ----------------------------------------------------------------------------
+# The full trainer of examples/gpt, one run.
+
+
+def train_gpt(base_config, workdir: str | None = None, **fields) -> np.ndarray:
+  """One run of ``examples.gpt.train.train_and_evaluate``; its validation history.
+
+  The trainer's own path (its data pipeline, checkpoints and metrics file),
+  for results that must be the trainer's. ``fields`` override ``base_config``
+  (a dataclass or an ``ml_collections.ConfigDict``). The run starts from
+  scratch in ``workdir`` (a fresh temporary directory if None, removed
+  afterwards); the trainer's log lines are swallowed.
+
+  Args:
+    base_config: the trainer's config.
+    workdir: where the run writes; an existing directory is emptied first.
+    **fields: config fields to override.
+
+  Returns:
+    ``(E, 2)`` array of ``(step, val_loss)`` rows, one per evaluation.
+  """
+  from examples.common import metrics as metrics_lib
+  from examples.gpt import train
+
+  if dataclasses.is_dataclass(base_config):
+    config = dataclasses.replace(base_config, **fields)
+  else:
+    config = base_config.copy_and_resolve_references()
+    config.update(fields)
+  temporary = workdir is None
+  workdir = workdir or tempfile.mkdtemp(prefix="train_gpt_")
+  shutil.rmtree(workdir, ignore_errors=True)  # never resume an older run
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      train.train_and_evaluate(config, workdir)
+    history = metrics_lib.read_history(os.path.join(workdir, metrics_lib.METRICS_FILE))
+  finally:
+    if temporary:
+      shutil.rmtree(workdir, ignore_errors=True)
+  rows = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
+  return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
