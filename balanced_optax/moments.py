@@ -4,7 +4,7 @@ Both transforms turn gradients into :class:`GradientMoments` (a mean and a
 variance pytree, each shaped like the params). They differ only in the state
 they keep:
 
-* :func:`tied_moments` keeps Adam's two EMAs, of g and of |g|², and emits
+* :func:`tied_moments` keeps Adam's two EMAs, of g and of ``|g|²``, and emits
   ``variance = v̂ - |m̂|²``. Its state is ``optax.ScaleByAdamState``, so it reads
   and writes optax.adam's checkpoints.
 * :func:`variance_ema` keeps the mean and the variance themselves, updated by
@@ -19,7 +19,7 @@ the real, non-negative :math:`E|g - \text{mean}|^2`, so that
 :math:`E|g|^2` (optax's ``update_moment_per_elem_norm``).
 
 The moments are emitted in at least float32 (float16 and bfloat16 gradients
-included: a float16 variance overflows at |g| > 256), and they carry the dtype
+included: a float16 variance overflows at ``|g| > 256``), and they carry the dtype
 the final update must have (optax.adam's: the promotion of the params' and the
 gradients' dtypes), which :func:`~balanced_optax.snr_sign_step` casts to.
 
@@ -173,7 +173,7 @@ def tied_moments(
 
   The variance is the EMA-weighted variance of the gradients seen so far; it is
   non-negative in exact arithmetic (Jensen) and clamped at zero against
-  rounding. Where :math:`v_k` overflows (|g| > 1.8e19 in float32) the variance
+  rounding. Where :math:`v_k` overflows (``|g| > 1.8e19`` in float32) the variance
   is +inf and the step there 0, as optax.adam's, never NaN. For complex g the
   mean is complex and the variance real, :math:`E|g - \text{mean}|^2`. The
   state is ``optax.ScaleByAdamState(count, mu, nu)`` with exactly
