@@ -172,6 +172,16 @@ def _reference():
   return moments
 
 
+def _assert_moments_close(got, want, **tolerance):
+  tolerance = {"rtol": 2e-5, "atol": 1e-6, **tolerance}
+  for field in ("mean", "variance"):
+    jax.tree.map(
+      lambda g, w: np.testing.assert_allclose(g, w, **tolerance),
+      getattr(got, field),
+      getattr(want, field),
+    )
+
+
 class TestMomentsFromState:
   @pytest.mark.parametrize(
     "tx, beta",
@@ -206,12 +216,7 @@ class TestMomentsFromState:
   def test_matches_tied_moments(self, tx, beta):
     _, state = _feed(tx, _grads_T(), PARAMS)
     moments = jax.jit(lambda s: monitoring.moments_from_state(s, beta))(state)
-    reference = _reference()
-    jax.tree.map(
-      lambda got, want: np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6),
-      moments,
-      reference,
-    )
+    _assert_moments_close(moments, _reference())
 
   def test_untied_pair_uses_each_beta(self):
     b1, b2 = 0.8, 0.95
@@ -279,3 +284,182 @@ class TestMomentsFromState:
     )(optimizer.opt_state)
     assert float(stats["sign_dominated_fraction"]) == 1.0
     assert {"update_rms/kernel", "update_rms/bias"} <= set(stats)
+
+
+def _tied_reference(grads_T, beta):
+  """float64 numpy tied moments of a gradient stream: (mean, variance)."""
+  g = np.asarray(grads_T)
+  g = g.astype(np.complex128 if np.iscomplexobj(g) else np.float64)
+  weights = (1 - beta) * beta ** np.arange(len(g))[::-1]
+  weights = weights / weights.sum()  # = the 1 / (1 - beta^k) debiasing.
+  weights = weights.reshape(-1, *[1] * (g.ndim - 1))
+  mean = np.sum(weights * g, axis=0)
+  variance = np.sum(weights * np.abs(g) ** 2, axis=0) - np.abs(mean) ** 2
+  return mean, variance
+
+
+class TestSeveralMomentStates:
+  """Partitioned optimizers: every group found, each debiased with its beta."""
+
+  def _two_groups(self):
+    labels = {"w": "matrix", "b": "vector"}
+    tx = optax.partition(
+      {
+        "matrix": optax.inject_hyperparams(alias.balanced_adam)(0.1, beta=0.5),
+        "vector": alias.balanced_adam(0.1, beta=0.9),
+      },
+      labels,
+    )
+    grads_T = _grads_T()
+    _, state = _feed(tx, grads_T, PARAMS)
+    return state, grads_T
+
+  def test_two_balanced_groups_are_both_read_with_their_own_betas(self):
+    state, grads_T = self._two_groups()
+    moments = jax.jit(lambda s: monitoring.moments_from_state(s, {"vector": 0.9}))(
+      state
+    )
+    for leaf, beta in (("w", 0.5), ("b", 0.9)):
+      mean, variance = _tied_reference(grads_T[leaf], beta)
+      np.testing.assert_allclose(moments.mean[leaf], mean, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(moments.variance[leaf], variance, atol=2e-5)
+    # Both groups reach the statistics: 6 + 2 coordinates, each named.
+    stats = monitoring.moment_statistics(moments, per_leaf=True, median=False)
+    both = monitoring.moment_statistics(moments, median=False)
+    w = monitoring.moment_statistics(
+      GradientMoments(moments.mean["w"], moments.variance["w"]), median=False
+    )
+    b = monitoring.moment_statistics(
+      GradientMoments(moments.mean["b"], moments.variance["b"]), median=False
+    )
+    np.testing.assert_allclose(
+      both["shrinkage_mean"], (6 * w["shrinkage_mean"] + 2 * b["shrinkage_mean"]) / 8
+    )
+    assert {"snr_mean/w", "snr_mean/b"} <= set(stats)
+
+  def test_a_group_without_a_beta_is_an_error_naming_it(self):
+    state, _ = self._two_groups()
+    with pytest.raises(ValueError, match=r"inner_states\['vector'\].*beta="):
+      monitoring.moments_from_state(state)
+
+  def test_one_beta_for_all_groups_overrides_hyperparams(self):
+    state, grads_T = self._two_groups()
+    moments = monitoring.moments_from_state(state, beta=0.9)
+    mean, _ = _tied_reference(grads_T["w"], 0.9)
+    # w's state holds beta=0.5 EMAs; debiased with 0.9 it is not the 0.9 mean.
+    assert not np.allclose(moments.mean["w"], mean, rtol=1e-3)
+    np.testing.assert_allclose(
+      moments.mean["b"], _tied_reference(grads_T["b"], 0.9)[0], rtol=1e-5
+    )
+
+  def test_muon_partition_skips_muons_empty_adam_state(self):
+    labels = {"w": "matrices", "b": "vectors"}
+    tx = optax.partition(
+      {"matrices": optax.contrib.muon(0.1), "vectors": alias.balanced_adam(0.1, BETA)},
+      labels,
+    )
+    grads_T = _grads_T()
+    _, state = _feed(tx, grads_T, PARAMS)
+    moments = monitoring.moments_from_state(state, beta=BETA)
+    assert isinstance(moments.mean["w"], optax.MaskedNode)  # Muon holds no moments.
+    mean, variance = _tied_reference(grads_T["b"], BETA)
+    np.testing.assert_allclose(moments.mean["b"], mean, rtol=1e-5)
+    np.testing.assert_allclose(moments.variance["b"], variance, atol=2e-5)
+    stats = monitoring.moment_statistics(moments, per_leaf=True)
+    assert "snr_mean/b" in stats and "snr_mean/w" not in stats
+
+  def test_injected_muon_uses_its_adam_betas_not_its_momentum(self):
+    tx = optax.inject_hyperparams(optax.contrib.muon)(
+      learning_rate=0.1, beta=0.95, adam_b1=BETA, adam_b2=BETA
+    )
+    grads_T = _grads_T()
+    _, state = _feed(tx, grads_T, PARAMS)
+    moments = monitoring.moments_from_state(state)
+    np.testing.assert_allclose(
+      moments.mean["b"], _tied_reference(grads_T["b"], BETA)[0], rtol=1e-5
+    )
+
+  def test_only_empty_states_gives_none(self):
+    tx = optax.contrib.muon(0.1)
+    state = tx.init({"w": jnp.zeros((3, 2))})  # Its Adam group holds no leaf.
+    assert monitoring.moments_from_state(state, beta=BETA) is None
+
+  def test_two_states_over_the_same_coordinates_are_an_error(self):
+    tx = optax.chain(optax.scale_by_adam(BETA, BETA), optax.scale_by_adam(BETA, BETA))
+    with pytest.raises(ValueError, match="same coordinates"):
+      monitoring.moments_from_state(tx.init(PARAMS), beta=BETA)
+
+  def test_complex_moments_have_a_real_variance(self):
+    rng = np.random.default_rng(1)
+    grads_T = rng.normal(size=(12, 3)) + 1j * rng.normal(size=(12, 3)) + (1 - 2j)
+    grads_T = jnp.asarray(grads_T, jnp.complex64)
+    _, state = _feed(optax.adam(0.1, BETA, BETA), grads_T, jnp.zeros(3, jnp.complex64))
+    moments = monitoring.moments_from_state(state, beta=BETA)
+    mean, variance = _tied_reference(grads_T, BETA)
+    assert moments.variance.dtype == jnp.float32
+    np.testing.assert_allclose(moments.mean, mean, rtol=1e-5)
+    np.testing.assert_allclose(moments.variance, variance, rtol=1e-4)
+    stats = monitoring.moment_statistics(moments, eps=0.0, median=False)
+    snr = np.abs(mean) ** 2 / variance
+    np.testing.assert_allclose(stats["snr_mean"], snr.mean(), rtol=1e-4)
+    np.testing.assert_allclose(
+      stats["shrinkage_mean"], np.mean(np.sqrt(snr / (1 + snr))), rtol=1e-5
+    )
+
+
+class TestFlaxNnxStates:
+  def _optimizer(self):
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Model(nnx.Module):
+      def __init__(self, rngs):
+        self.hidden = nnx.Linear(3, 4, rngs=rngs)
+        self.head = nnx.Linear(4, 2, rngs=rngs)
+
+    model = Model(nnx.Rngs(0))
+    labels = lambda p: jax.tree.map(lambda x: "matrix" if x.ndim == 2 else "vector", p)
+    tx = optax.partition(
+      {
+        "matrix": optax.inject_hyperparams(alias.balanced_adam)(0.1, beta=0.5),
+        "vector": alias.balanced_adam(0.1, beta=BETA),
+      },
+      labels,
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads_T = []
+    for step in range(3):
+      grads = jax.tree.map(
+        lambda p, step=step: jnp.full_like(p, 1.0 + step), nnx.state(model, nnx.Param)
+      )
+      optimizer.update(model, grads)
+      grads_T.append(1.0 + step)
+    return nnx, optimizer, np.array(grads_T)
+
+  def _check(self, moments, grads_T):
+    names = {}
+    for path, mean in jax.tree_util.tree_leaves_with_path(moments.mean):
+      names[monitoring._leaf_name(path)] = mean
+    assert set(names) == {"hidden/kernel", "hidden/bias", "head/kernel", "head/bias"}
+    for name, mean in names.items():
+      beta = 0.5 if name.endswith("kernel") else BETA
+      np.testing.assert_allclose(mean, _tied_reference(grads_T, beta)[0], rtol=1e-6)
+
+  def test_optimizer_opt_state(self):
+    _, optimizer, grads_T = self._optimizer()
+    moments = jax.jit(lambda s: monitoring.moments_from_state(s, {"vector": BETA}))(
+      optimizer.opt_state
+    )
+    self._check(moments, grads_T)
+
+  def test_split_state_of_a_jitted_step(self):
+    nnx, optimizer, grads_T = self._optimizer()
+    _, state = nnx.split(optimizer)  # What a pure jitted train step carries.
+
+    @jax.jit
+    def log(state):
+      moments = monitoring.moments_from_state(state, {"vector": BETA})
+      return moments, monitoring.moment_statistics(moments, per_leaf=True)
+
+    moments, stats = log(state)
+    self._check(moments, grads_T)
+    assert {"update_rms/hidden/kernel", "update_rms/head/bias"} <= set(stats)
