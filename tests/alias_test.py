@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl.testing import parameterized
@@ -98,6 +99,72 @@ class BalancedAdamWTest(chex.TestCase):
       self.assertTrue(all(jax.tree.leaves(decayed)))
     else:
       self.assertEqual(decayed, decay_matrices(params))
+
+
+class NesterovEpsRootTest(chex.TestCase):
+  """The options port from optax.adam / optax.adamw by renaming b1 = b2 to beta."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(nesterov=(False, True), eps_root=(0.0, 1e-8, 1e-3))
+  def test_balanced_adam_equals_optax_adam(self, nesterov, eps_root):
+    params = streams.nested_params()
+    grads = streams.gradient_stream(params, 60, seed=4)
+    lr = _schedule(1e-2)
+    ours = bo.balanced_adam(lr, 0.9, 1e-8, eps_root=eps_root, nesterov=nesterov)
+    got, got_state = streams.run(
+      self.variant(ours.update), ours.init(params), grads, params
+    )
+    ref = optax.adam(lr, b1=0.9, b2=0.9, eps=1e-8, eps_root=eps_root, nesterov=nesterov)
+    want, want_state = streams.reference(ref, grads, params)
+    streams.assert_leafwise_close(got, want, rtol=1e-5)
+    streams.assert_leafwise_close(got_state, want_state, rtol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(nesterov=(False, True), eps_root=(0.0, 1e-3))
+  def test_balanced_adamw_equals_optax_adamw(self, nesterov, eps_root):
+    params = jax.tree.map(lambda x: x + 0.5, streams.nested_params())
+    grads = streams.gradient_stream(params, 60, seed=5)
+    kwargs = dict(eps=1e-8, eps_root=eps_root, weight_decay=0.1, nesterov=nesterov)
+    ours = bo.balanced_adamw(1e-2, beta=0.9, **kwargs)
+    ref = optax.adamw(1e-2, b1=0.9, b2=0.9, **kwargs)
+    trajectories = []
+    for tx, update in ((ours, self.variant(ours.update)), (ref, jax.jit(ref.update))):
+      p, state = params, tx.init(params)
+      for g in grads:
+        u, state = update(g, state, p)
+        p = optax.apply_updates(p, u)
+      trajectories.append(p)
+    chex.assert_trees_all_close(*trajectories, rtol=1e-5, atol=1e-6)
+
+  @parameterized.parameters(False, True)
+  def test_inject_hyperparams_with_nesterov_and_eps_root(self, nesterov):
+    params = streams.nested_params()
+    grads = streams.gradient_stream(params, 40, seed=6)
+    ours = optax.inject_hyperparams(bo.balanced_adam)(
+      learning_rate=1e-2, beta=0.9, eps_root=1e-4, nesterov=nesterov
+    )
+    ref = optax.inject_hyperparams(optax.adam)(
+      learning_rate=1e-2, b1=0.9, b2=0.9, eps_root=1e-4, nesterov=nesterov
+    )
+    got_state, want_state = ours.init(params), ref.init(params)
+    self.assertIn("eps_root", got_state.hyperparams)
+    self.assertNotIn("nesterov", got_state.hyperparams)  # A bool stays static.
+    for i, g in enumerate(grads):
+      if i == 20:  # Changed mid-training, as the state allows.
+        got_state.hyperparams["eps_root"] = jnp.asarray(1e-2)
+        want_state.hyperparams["eps_root"] = jnp.asarray(1e-2)
+      u, got_state = jax.jit(ours.update)(g, got_state, params)
+      v, want_state = jax.jit(ref.update)(g, want_state, params)
+      streams.assert_leafwise_close(u, v, rtol=1e-5)
+
+  def test_eps_root_and_nesterov_change_the_updates(self):
+    # Guards against the comparisons above passing vacuously.
+    params = streams.nested_params()
+    grads = streams.gradient_stream(params, 10, seed=7)
+    plain, _ = streams.reference(bo.balanced_adam(1e-2, 0.9), grads, params)
+    for kwargs in (dict(nesterov=True), dict(eps_root=1e-1)):
+      other, _ = streams.reference(bo.balanced_adam(1e-2, 0.9, **kwargs), grads, params)
+      self.assertGreater(np.abs(other["w"] - plain["w"]).max(), 1e-4)
 
 
 if __name__ == "__main__":
