@@ -73,6 +73,26 @@ def unit_interval(name: str, value: Any) -> np.ndarray:
   return in_interval(name, value, 0.0, 1.0, high_open=True)
 
 
+def beta_grid(name: str, value: Any) -> np.ndarray:
+  """A grid of memories: a non-empty 1-D array in [0, 1), sorted ascending."""
+  grid = unit_interval(name, value)
+  if grid.ndim != 1 or grid.size == 0:
+    raise ValueError(
+      f"{name} must be a non-empty 1-D sequence in [0.0, 1.0), got shape {grid.shape}."
+    )
+  return np.sort(grid)
+
+
+def beta_range(name: str, value: Any) -> tuple[float, float]:
+  """``(low, high)`` with ``0 <= low <= high < 1``, or ValueError naming ``name``."""
+  bounds = unit_interval(name, value)
+  if bounds.shape != (2,) or bounds[0] > bounds[1]:
+    raise ValueError(
+      f"{name} must be (low, high) with 0 <= low <= high < 1, got {value!r}."
+    )
+  return float(bounds[0]), float(bounds[1])
+
+
 def below_one(beta: np.ndarray, why: str) -> np.ndarray:
   """``beta`` unchanged, or ValueError when a computed memory rounded to 1.0.
 

@@ -95,15 +95,7 @@ def snap_beta(
     Adam, arXiv 2605.10119, 2026.
   """
   b = _checks.unit_interval("beta", beta)
-  return _checks.float_or_array(_nearest(b, _grid(grid)))
-
-
-def _grid(grid: Sequence[float] | np.ndarray) -> np.ndarray:
-  """A validated grid of memories, sorted ascending."""
-  g = _checks.unit_interval("grid", grid)
-  if g.ndim != 1 or g.size == 0:
-    raise ValueError(f"grid must be a non-empty 1-D sequence, got shape {g.shape}.")
-  return np.sort(g)
+  return _checks.float_or_array(_nearest(b, _checks.beta_grid("grid", grid)))
 
 
 def _nearest(beta: np.ndarray, sorted_grid: np.ndarray) -> np.ndarray:
@@ -315,10 +307,10 @@ def beta_from_refresh(
   t = _checks.in_interval("t_es", t_es, 0.0, low_open=True)
   beta = np.maximum(0.0, 1.0 - r / t)
   if beta_range is not None:
-    low, high = _beta_range(beta_range)
+    low, high = _checks.beta_range("beta_range", beta_range)
     beta = np.clip(beta, low, high)
   if grid is not None:
-    candidates = _grid(grid)
+    candidates = _checks.beta_grid("grid", grid)
     if beta_range is not None:
       candidates = candidates[(candidates >= low) & (candidates <= high)]
       if candidates.size == 0:
@@ -326,16 +318,6 @@ def beta_from_refresh(
     beta = _nearest(beta, candidates)
   _checks.below_one(beta, f"beta_from_refresh(t_es={t_es!r}, refresh={refresh!r})")
   return _checks.float_or_array(beta)
-
-
-def _beta_range(beta_range: tuple[float, float]) -> tuple[float, float]:
-  """(low, high) with 0 <= low <= high < 1, or ValueError naming beta_range."""
-  bounds = _checks.unit_interval("beta_range", beta_range)
-  if bounds.shape != (2,) or bounds[0] > bounds[1]:
-    raise ValueError(
-      f"beta_range must be (low, high) with 0 <= low <= high < 1, got {beta_range!r}."
-    )
-  return float(bounds[0]), float(bounds[1])
 
 
 def scale_beta_for_batch(beta: ArrayLike, kappa: ArrayLike) -> float | np.ndarray:

@@ -429,3 +429,18 @@ class TestGrid:
       beta_rules.snap_beta(np.array([[0.1, 0.89], [0.91, 0.97]]), grid=(0.99, 0.9)),
       [[0.9, 0.9], [0.9, 0.99]],
     )
+
+  @pytest.mark.parametrize(
+    "beta, grid, match",
+    [
+      (0.5, (), "^grid must be a non-empty 1-D sequence"),
+      (0.5, [[0.1, 0.2]], "^grid must be a non-empty 1-D sequence"),
+      (0.5, (0.9, 1.0), r"^grid must be in \[0.0, 1.0\)"),
+      (0.5, ("0.9",), "^grid must be a number in"),
+      (1.0, beta_rules.BETA_GRID, r"^beta must be in \[0.0, 1.0\)"),
+      (np.nan, beta_rules.BETA_GRID, r"^beta must be in \[0.0, 1.0\)"),
+    ],
+  )
+  def test_snap_validates(self, beta, grid, match):
+    with pytest.raises(ValueError, match=match):
+      beta_rules.snap_beta(beta, grid)
