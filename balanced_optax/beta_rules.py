@@ -362,6 +362,13 @@ def scale_beta_for_batch(beta: ArrayLike, kappa: ArrayLike) -> float | np.ndarra
   )
 
 
+def _scalar_beta(name: str, value: float) -> float:
+  beta = _checks.unit_interval(name, value)
+  if beta.ndim != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {beta.shape}.")
+  return float(beta)
+
+
 def in_convergence_region(
   beta1: float, beta2: float, beta2_critical: float | None = None
 ) -> tuple[bool, str]:
@@ -409,8 +416,7 @@ def in_convergence_region(
     [Z22] Zhang et al., Adam Can Converge Without Any Modification on Update
     Rules, arXiv 2208.09632, NeurIPS 2022.
   """
-  b1 = float(_checks.unit_interval("beta1", beta1))
-  b2 = float(_checks.unit_interval("beta2", beta2))
+  b1, b2 = _scalar_beta("beta1", beta1), _scalar_beta("beta2", beta2)
   root = math.sqrt(b2)
   failures, holds = [], []
   if b1 < root:
@@ -426,7 +432,7 @@ def in_convergence_region(
       " is below sqrt(0))"
     )
   if beta2_critical is not None:
-    b2c = float(_checks.unit_interval("beta2_critical", beta2_critical))
+    b2c = _scalar_beta("beta2_critical", beta2_critical)
     if b2 >= b2c:
       holds.append(f"beta2 = {b2:g} >= beta2* = {b2c:g}")
     else:

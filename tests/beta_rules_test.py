@@ -238,6 +238,10 @@ class TestConvergenceRegion:
     assert "Outside [Z22]'s region: beta1 = 0.99 >= sqrt(beta2) = 0.948683" in reason
     assert "lower beta1 below 0.948683 or raise beta2 above beta1^2 = 0.9801" in reason
 
+  def test_arrays_are_rejected(self):
+    with pytest.raises(ValueError, match=r"^beta1 must be a scalar, got shape \(2,\)"):
+      beta_rules.in_convergence_region([0.9, 0.95], 0.99)
+
   def test_zero_zero_advises_raising_beta2_not_lowering_beta1(self):
     """beta1 = 0 cannot go lower; only beta2 > 0 meets 0 < sqrt(beta2)."""
     ok, reason = beta_rules.in_convergence_region(0.0, 0.0)
