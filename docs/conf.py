@@ -45,7 +45,11 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 autodoc_member_order = "bysource"
-autodoc_typehints = "signature"
+# jax and optax annotations expand into long unions (optax.Updates is a tree of
+# arrays, numbers and containers); the Args sections say what each argument is.
+autodoc_typehints = "none"
+napoleon_attr_annotations = False
+autodoc_preserve_defaults = True  # grid=BETA_GRID, not its 13 floats
 autodoc_default_options = {"members": False}
 
 # A reference to a name that does not exist is an error. Names from the
