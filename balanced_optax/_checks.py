@@ -3,7 +3,10 @@
 Bad hyperparameters must fail when the optimizer is built, with a message that
 names the argument and its valid range, not as a NaN thousands of steps later.
 Values that are traced (``optax.inject_hyperparams`` under ``jax.jit``) or are
-schedules cannot be inspected here; they are checked when concrete.
+schedules cannot be inspected here; they are checked when concrete. Every
+failure is a ``ValueError`` (the README's promise), strings such as ``"1e-3"``,
+bools and unknown dtype names such as ``"bf16"`` included. The helpers here are
+shared by the package's modules (none imports another module's private names).
 """
 
 import math
