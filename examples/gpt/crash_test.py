@@ -11,12 +11,14 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from examples.common import metrics as metrics_lib
 from examples.common.checkpoint import Checkpointer
 from examples.gpt import train
 
 CHECKPOINT_EVERY = 20
+TINY_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "tiny.py")
 
 # Runs the trainer, but SIGKILLs itself inside the save of step KILL_STEP:
 # after every array of the checkpoint is written to its temporary directory,
@@ -36,8 +38,10 @@ _KILL_DURING_SAVE = textwrap.dedent(
     return await finalize(self, *args, **kwargs)
 
   atomicity.AtomicRenameTemporaryPath.finalize = finalize_or_die
+  from absl import app
   from examples.gpt import main
-  main.main(argv)
+  sys.argv = ["main", *argv]  # config_flags reads its overrides from sys.argv
+  app.run(main.main)
   """
 )
 
@@ -62,17 +66,18 @@ def _kill_when_logged(proc: subprocess.Popen, workdir, step: int, timeout: float
   return proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_sigkill_anytime_resumes_exactly(
   reference_run, tiny_config, tmp_path, subprocess_env, python
 ):
   ref_dir, _, ref_history = reference_run
   args = [
-    "--config=tiny",
+    f"--config={TINY_CONFIG}",
+    f"--config.data={tiny_config.data}",
+    f"--config.checkpoint_every={CHECKPOINT_EVERY}",
+    "--config.max_checkpoints=3",
+    "--config.progress_bar=false",
     f"--workdir={tmp_path}",
-    f"--data={tiny_config.data}",
-    f"--checkpoint_every={CHECKPOINT_EVERY}",
-    "--max_checkpoints=3",
-    "--progress_bar=false",
   ]
   env = subprocess_env()
   trainer = [python, "-m", "examples.gpt.main", *args]

@@ -1,5 +1,8 @@
 """End-to-end tests of the GPT trainer on the tiny config (seconds each)."""
 
+import contextlib
+import dataclasses
+import io
 import json
 import math
 import os
@@ -11,14 +14,19 @@ import jax
 import numpy as np
 import pytest
 
+import balanced_optax
+from examples.common import beta as beta_lib
 from examples.common import metrics as metrics_lib
 from examples.common.checkpoint import Checkpointer
-from examples.gpt import input_pipeline, main, train
+from examples.gpt import input_pipeline, train
 
 # train_loss of the first step of the tiny config on the unseen corpus: the
 # loss of the initial parameters on batch 0. Near ln(vocab size) because the
 # initial logits are almost uniform.
 GOLDEN_FIRST_LOSS = 3.5055976
+TINY_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "tiny.py")
+# A pilot of 20 updates (the paper's: 200), lags 5 and 10, 8 probes.
+SMALL_PILOT = {"pilot_steps": 20, "pilot_lags": (5, 10), "pilot_num_probes": 8}
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -75,29 +83,102 @@ def test_writes_sample_and_curves(reference_run, tiny_config):
   assert os.path.getsize(os.path.join(workdir, metrics_lib.CURVES_FILE)) > 1000
 
 
-def test_resume_reproduces_the_uninterrupted_run(
-  reference_run, tiny_config, tmp_path, capsys
-):
-  """100 steps, stop, rerun the same command: identical metrics and sample."""
+def test_resume_reproduces_the_uninterrupted_run(reference_run, tiny_config, tmp_path):
+  """100 steps, stop, run the same config again: identical metrics and sample."""
   ref_dir, ref_final, ref_history = reference_run
-  argv = [
-    "--config=tiny",
-    f"--workdir={tmp_path}",
-    f"--data={tiny_config.data}",
-    "--progress_bar=false",
-  ]
-  main.main([*argv, "--halt_after_steps=100"])
+  train.train_and_evaluate(
+    dataclasses.replace(tiny_config, halt_after_steps=100), str(tmp_path)
+  )
   assert read_metrics(tmp_path)[-1]["step"] == 100
   assert Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 100
 
-  final = main.main(argv)
-  assert "Resuming from the checkpoint of step 100" in capsys.readouterr().out
+  final = train.train_and_evaluate(tiny_config, str(tmp_path))
   assert metrics_lib.without_timing(
     read_metrics(tmp_path)
   ) == metrics_lib.without_timing(ref_history)
   assert final["val_loss"] == ref_final["val_loss"]
   sample = (tmp_path / train.SAMPLE_FILE).read_text()
   assert sample == open(f"{ref_dir}/{train.SAMPLE_FILE}").read()
+
+
+def test_command_line_overrides_and_refresh_rule(
+  tiny_config, tmp_path, subprocess_env, python
+):
+  """``python -m examples.gpt.main --config=FILE --config.FIELD=VALUE``."""
+  out = subprocess.run(
+    [
+      python,
+      "-m",
+      "examples.gpt.main",
+      f"--config={TINY_CONFIG}",
+      f"--config.data={tiny_config.data}",
+      "--config.num_steps=12",
+      "--config.learning_rate=3e-3",
+      "--config.beta=refresh",
+      "--config.sample_chars=0",
+      "--config.progress_bar=false",
+      f"--workdir={tmp_path}",
+    ],
+    env=subprocess_env(JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  beta = balanced_optax.beta_from_refresh(t_es=12, grid=balanced_optax.BETA_GRID)
+  final = json.loads(out.stdout.strip().splitlines()[-1])
+  assert final["beta"] == beta and final["beta_refresh/t_es"] == 12
+  assert "from the refresh rule with T_ES = num_steps = 12" in out.stdout
+  history = {r["step"]: r for r in read_metrics(tmp_path)}
+  assert sorted(history) == [0, 1, 10, 12]
+  # 10 warmup steps to the overridden peak: update 9 (step 10) is at 9/10.
+  assert history[10]["learning_rate"] == pytest.approx(0.9 * 3e-3, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def auto_run(tiny_config, tmp_path_factory):
+  """A tiny beta=auto run halted at step 20, then resumed to its end (40)."""
+  config = dataclasses.replace(tiny_config, beta="auto", num_steps=40, **SMALL_PILOT)
+  workdir = tmp_path_factory.mktemp("auto")
+  outputs = []
+  for halt in (20, 0):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+      final = train.train_and_evaluate(
+        dataclasses.replace(config, halt_after_steps=halt), str(workdir)
+      )
+    outputs.append(out.getvalue())
+  return config, workdir, final, outputs
+
+
+def test_auto_chooses_beta_with_a_pilot_and_logs_it(auto_run):
+  _, workdir, final, (first, _) = auto_run
+  selection = json.loads((workdir / beta_lib.SELECTION_FILE).read_text())
+  beta = selection["beta"]
+  assert 0.68377 <= beta <= 0.999 and beta in balanced_optax.BETA_GRID
+  # 20 pilot updates + 8 probes at each of the checkpoints 10, 15, 20.
+  assert selection["gradient_evaluations"] == 20 + 8 * 3
+  assert selection["noise"] > 0 and selection["lags"] == [5, 10]
+  assert f"early memory selection chose beta={beta:.5f}" in first
+  record = read_metrics(workdir)[0]
+  assert record["step"] == 0 and record["beta"] == beta
+  assert record["beta_selection/noise"] == pytest.approx(selection["noise"])
+  assert final["beta"] == beta
+
+
+def test_auto_trains_from_the_pilots_init_with_the_chosen_beta(
+  auto_run, tmp_path, capsys
+):
+  """Resumed without re-running the pilot, the auto run equals a plain run
+  at the chosen beta from the same initialisation and step 0."""
+  config, workdir, _, (_, resumed) = auto_run
+  assert "not re-run" in resumed and "early memory selection chose" not in resumed
+  history = read_metrics(workdir)
+  beta = history[0]["beta"]
+  assert history[1]["train_loss"] == pytest.approx(GOLDEN_FIRST_LOSS, abs=2e-5)
+  train.train_and_evaluate(dataclasses.replace(config, beta=beta), str(tmp_path))
+  assert metrics_lib.without_timing(history[1:]) == metrics_lib.without_timing(
+    read_metrics(tmp_path)
+  )
 
 
 _MULTI_DEVICE_RUN = textwrap.dedent(
@@ -108,9 +189,10 @@ _MULTI_DEVICE_RUN = textwrap.dedent(
   from examples.gpt import input_pipeline, train
   from examples.gpt.configs import tiny
 
-  data, workdir = sys.argv[1:]
+  data, workdir, fields = sys.argv[1:]
   config = dataclasses.replace(
-    tiny.get_config(), data=data, halt_after_steps=20, progress_bar=False
+    tiny.get_config(), data=data, halt_after_steps=20, progress_bar=False,
+    **json.loads(fields)
   )
   corpus = input_pipeline.make_corpus(input_pipeline.read_text(data))
   _, _, params = loop.train(config, workdir, train.make_task(config, corpus))
@@ -134,13 +216,13 @@ def _cpu_env(subprocess_env, num_devices, **extra):
   )
 
 
-def _run_on_cpus(num_devices, data, workdir, subprocess_env, python):
+def _run_on_cpus(num_devices, data, workdir, subprocess_env, python, **fields):
   out = subprocess.run(
-    [python, "-c", _MULTI_DEVICE_RUN, data, str(workdir)],
+    [python, "-c", _MULTI_DEVICE_RUN, data, str(workdir), json.dumps(fields)],
     env=_cpu_env(subprocess_env, num_devices),
     capture_output=True,
     text=True,
-    timeout=120,
+    timeout=300,
     check=True,
   )
   return json.loads(out.stdout.strip().splitlines()[-1]), read_metrics(workdir)
@@ -161,6 +243,7 @@ def _assert_matches_reference(history, reference):
       np.testing.assert_allclose(record[key], ref[key], rtol=2e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_eight_simulated_devices_match_one(
   reference_run, tiny_config, tmp_path, subprocess_env, python
 ):
@@ -179,6 +262,7 @@ def test_eight_simulated_devices_match_one(
   _assert_matches_reference(history, reference)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(
   reference_run, tiny_config, tmp_path, subprocess_env, python
 ):
@@ -189,7 +273,7 @@ def test_two_processes_match_one(
   workdir, port = tmp_path / "2x2", _free_port()
   procs = [
     subprocess.Popen(
-      [python, "-c", _MULTI_DEVICE_RUN, tiny_config.data, str(workdir)],
+      [python, "-c", _MULTI_DEVICE_RUN, tiny_config.data, str(workdir), "{}"],
       env=_cpu_env(
         subprocess_env,
         2,
@@ -221,3 +305,30 @@ def test_two_processes_match_one(
       1, tiny_config.data, tmp_path / "1", subprocess_env, python
     )
   _assert_matches_reference(read_metrics(workdir), reference)
+
+
+@pytest.mark.slow
+def test_auto_on_eight_simulated_devices_matches_one(
+  auto_run, tmp_path, subprocess_env, python
+):
+  """beta=auto with FSDP over 8 CPU devices: the pilot measures the same
+  noise and change to rounding, chooses the same beta, and trains the same."""
+  config, workdir, _, _ = auto_run
+  fields = dict(beta="auto", num_steps=config.num_steps, **SMALL_PILOT)
+  info, history = _run_on_cpus(
+    8, config.data, tmp_path / "8", subprocess_env, python, **fields
+  )
+  assert info["devices"] == 8 and 0 < info["sharded"] < info["leaves"]
+  selection = json.loads((tmp_path / "8" / beta_lib.SELECTION_FILE).read_text())
+  reference = json.loads((workdir / beta_lib.SELECTION_FILE).read_text())
+  assert selection["beta"] == reference["beta"]
+  for key in ("noise", "change", "beta_continuous"):
+    np.testing.assert_allclose(selection[key], reference[key], rtol=1e-3, err_msg=key)
+  if jax.default_backend() == "cpu":
+    reference_history = read_metrics(workdir)
+  else:
+    _, reference_history = _run_on_cpus(
+      1, config.data, tmp_path / "1", subprocess_env, python, **fields
+    )
+  assert history[0]["beta"] == reference_history[0]["beta"]
+  _assert_matches_reference(history[1:], reference_history[1:])
