@@ -50,9 +50,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from benchmarks import machine
-from examples.common import metrics as metrics_lib
-from examples.gpt import train
+from benchmarks import machine, workloads
 from examples.gpt.configs import tiny
 
 
@@ -106,12 +104,9 @@ def make_config(name: str, learning_rate: float, num_steps: int, eval_every: int
 
 def run_one(config, workdir: str) -> dict[str, Any]:
   """Trains from scratch in ``workdir``; returns the validation curve."""
-  shutil.rmtree(workdir, ignore_errors=True)  # never resume an older run
   start = time.perf_counter()
-  train.train_and_evaluate(config, workdir)
+  curve = [(int(s), loss) for s, loss in workloads.train_gpt(config, workdir).tolist()]
   seconds = time.perf_counter() - start
-  history = metrics_lib.read_history(os.path.join(workdir, metrics_lib.METRICS_FILE))
-  curve = [(r["step"], r["val_loss"]) for r in history if "val_loss" in r]
   finite = [loss for _, loss in curve if math.isfinite(loss)]
   return {
     "learning_rate": config.learning_rate,
