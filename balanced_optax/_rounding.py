@@ -6,10 +6,16 @@ away and the stored moment stops tracking its target: with beta = 0.999 a
 bfloat16 second moment ends tens of percent off. Stochastic rounding keeps the
 stored value unbiased, so the EMA converges as in float32, only noisier.
 
-The random bits are a hash of (step count, moment, element index): no key in
-the state, the same bits on every device and every rerun (a
-resumed run is bit-identical), and the hash is computed in the array's own
-shape so that it partitions with the array under sharding.
+The random bits are a hash of (step count, moment, the value being rounded):
+no key in the state, and nothing that depends on where the element sits or
+how the array is laid out. So a rerun or a resumed run is bit-identical, and
+``jit`` with any sharding, ``shard_map`` (where each shard sees only its local
+block and cannot know its global index) and a single device all store the
+same bfloat16 state, while different elements draw different bits. The price:
+elements holding exactly the same float32 value in the same step round the
+same way. Each one is still rounded up with probability equal to its cut
+fraction over the steps (the seed changes every step), so the EMA stays
+unbiased; equal coordinates simply stay equal, as they would in float32.
 """
 
 from typing import Any
@@ -41,7 +47,7 @@ def _random_bits(shape: tuple[int, ...], seed: jax.Array) -> jax.Array:
   return _mix(index)
 
 
-def _stochastic_bfloat16(x: jax.Array, bits: jax.Array) -> jax.Array:
+def _stochastic_bfloat16(x: jax.Array, seed: jax.Array) -> jax.Array:
   """Rounds float32 to bfloat16 up with probability equal to the cut fraction.
 
   Adding 16 random bits below the bfloat16 mantissa and truncating rounds the
@@ -51,29 +57,47 @@ def _stochastic_bfloat16(x: jax.Array, bits: jax.Array) -> jax.Array:
   the donated state.
   """
   raw = lax.bitcast_convert_type(x, jnp.uint32)
+  bits = _mix(raw ^ seed)
   raw = (raw + (bits >> 16)) & jnp.uint32(0xFFFF0000)  # Now exact in bfloat16.
   return lax.bitcast_convert_type(raw, jnp.float32).astype(jnp.bfloat16)
+
+
+def _stochastic_bfloat16_from_64(x: jax.Array, seed: jax.Array) -> jax.Array:
+  """The same for float64 (x64 on): the cut is the low 45 of 52 mantissa bits.
+
+  32 random bits fill the top of the cut, so the round-up probability is the
+  cut fraction to within 2^-32 of an ulp. The truncated value has bfloat16's
+  7 mantissa bits, so the final cast is exact (except in bfloat16's subnormal
+  range, below 1.2e-38, where it rounds to nearest).
+  """
+  raw = lax.bitcast_convert_type(x, jnp.uint64)
+  high = (raw >> 32).astype(jnp.uint32)
+  bits = _mix(_mix(high ^ seed) ^ raw.astype(jnp.uint32)).astype(jnp.uint64)
+  raw = (raw + (bits << 13)) & jnp.uint64(0xFFFFE00000000000)  # Keeps 19 bits.
+  return lax.bitcast_convert_type(raw, jnp.float64).astype(jnp.bfloat16)
 
 
 def store(new: Any, old: Any, *, count: jax.Array, salt: int, stochastic: bool) -> Any:
   """Casts each leaf of ``new`` to the dtype of ``old`` (the stored state).
 
-  float32 values bound for bfloat16 storage are rounded stochastically when
-  ``stochastic``; everything else is cast with round-to-nearest. ``salt``
-  tells apart the moments of one transform (0 for the first, 1 for the
-  second), so that they draw different bits.
+  float32 and float64 values bound for bfloat16 storage are rounded
+  stochastically when ``stochastic``; everything else is cast with
+  round-to-nearest. ``salt`` tells apart the moments of one transform (0 for
+  the first, 1 for the second), so that they draw different bits.
   """
   leaves, treedef = jax.tree.flatten(old)
   news = treedef.flatten_up_to(new)
-  # One seed per step and moment, shared by all leaves: leaves of one shape
-  # then compile to one kernel that XLA reuses (a per-leaf stream made every
-  # leaf its own kernel, and a 512-leaf step compiled 10x slower). Rounding
-  # stays unbiased for every element; same-shaped leaves draw the same bits.
+  # One seed per step and moment, shared by all leaves: the bits then depend
+  # on the values only, and leaves of one shape compile to one kernel that
+  # XLA reuses (a per-leaf stream made every leaf its own kernel, and a
+  # 512-leaf step compiled 10x slower).
   seed = _mix(count.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + jnp.uint32(salt))
   stored = []
   for n, o in zip(news, leaves, strict=True):
     if stochastic and o.dtype == jnp.bfloat16 and n.dtype == jnp.float32:
-      stored.append(_stochastic_bfloat16(n, _random_bits(n.shape, seed)))
+      stored.append(_stochastic_bfloat16(n, seed))
+    elif stochastic and o.dtype == jnp.bfloat16 and n.dtype == jnp.float64:
+      stored.append(_stochastic_bfloat16_from_64(n, seed))
     else:
       stored.append(n.astype(o.dtype))
   return jax.tree.unflatten(treedef, stored)

@@ -1,5 +1,10 @@
 """Stochastic rounding of bfloat16 state: unbiased, reproducible, and needed."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,26 +14,80 @@ import balanced_optax as bo
 from balanced_optax import _rounding
 
 
+def _quarter_ulp_up(dtype=jnp.float32):
+  """5248 distinct values, each 1/4 of a bfloat16 ulp above a bfloat16 number.
+
+  bfloat16 keeps 7 mantissa bits: low = 2^e (1 + k/128) are bfloat16 numbers,
+  high = 2^e (1 + (k+1)/128) the next ones, and x = 2^e (1 + k/128 + 1/512)
+  lies a quarter of the way up. Returns (x, low, high).
+  """
+  e = np.arange(-20, 21)[:, None]
+  fraction = 1 + np.arange(128)[None, :] / 128
+  low, x, high = (np.ldexp(fraction + d, e).ravel() for d in (0, 2.0**-9, 2.0**-7))
+  return jnp.asarray(x, dtype), low, high
+
+
+def _store(x, count=7, salt=0):
+  old = jnp.zeros(x.shape, jnp.bfloat16)
+  stored = _rounding.store(x, old, count=jnp.int32(count), salt=salt, stochastic=True)
+  assert stored.dtype == jnp.bfloat16
+  return np.asarray(stored, np.float64)
+
+
 def test_rounding_is_unbiased_and_lands_on_the_two_neighbours():
-  # bfloat16 keeps 7 mantissa bits: the neighbours of 1 + 2^-9 are 1 and 1 + 2^-7.
-  x = jnp.full((64, 1024), 1 + 2.0**-9, jnp.float32)  # 1/4 of the way up.
-  old = jnp.zeros_like(x, jnp.bfloat16)
-  stored = _rounding.store(x, old, count=jnp.int32(7), salt=0, stochastic=True)
-  values = np.asarray(stored, np.float32)
-  assert set(np.unique(values)) == {1.0, 1 + 2.0**-7}
-  assert abs(values.mean() - (1 + 2.0**-9)) < 2e-5  # Unbiased (nearest gives 1).
-  np.testing.assert_allclose((values > 1).mean(), 0.25, atol=0.01)
+  x, low, high = _quarter_ulp_up()
+  values = _store(x)
+  assert np.all((values == low) | (values == high))
+  # Within one step across distinct values (nearest would round all down).
+  np.testing.assert_allclose((values == high).mean(), 0.25, atol=0.02)
+  # Over steps, every element is unbiased: a quarter of the steps round up.
+  up = np.mean([_store(x[:256], count=c) == high[:256] for c in range(400)], axis=0)
+  np.testing.assert_allclose(up.mean(), 0.25, atol=0.01)
+  assert 0.1 < up.min() and up.max() < 0.4
 
 
-def test_bits_depend_on_count_salt_and_position_only():
-  x = jnp.full((4096,), 1 + 2.0**-9, jnp.float32)
-  old = jnp.zeros_like(x, jnp.bfloat16)
-  store = lambda count, salt: np.asarray(
-    _rounding.store(x, old, count=jnp.int32(count), salt=salt, stochastic=True)
+def test_bits_depend_on_count_salt_and_value_only():
+  x, _, _ = _quarter_ulp_up()
+  np.testing.assert_array_equal(_store(x), _store(x))  # Reproducible.
+  assert not np.array_equal(_store(x, count=3), _store(x, count=4))
+  assert not np.array_equal(_store(x, salt=0), _store(x, salt=1))
+  # No dependence on position or layout: a permuted or reshaped array stores
+  # the permuted or reshaped values (what makes jit and shard_map agree).
+  permutation = np.random.default_rng(0).permutation(x.size)
+  np.testing.assert_array_equal(_store(x[permutation]), _store(x)[permutation])
+  np.testing.assert_array_equal(
+    _store(x.reshape(41, 128)).ravel(), _store(x[::-1])[::-1]
   )
-  np.testing.assert_array_equal(store(3, 0), store(3, 0))  # Reproducible.
-  assert not np.array_equal(store(3, 0), store(4, 0))
-  assert not np.array_equal(store(3, 0), store(3, 1))
+
+
+def test_float64_state_bound_for_bfloat16_is_rounded_stochastically_too():
+  with jax.enable_x64(True):
+    x, low, high = _quarter_ulp_up(jnp.float64)
+    values = _store(x)
+    assert x.dtype == jnp.float64
+  assert np.all((values == low) | (values == high))
+  np.testing.assert_allclose((values == high).mean(), 0.25, atol=0.02)
+
+
+def test_float64_params_bfloat16_state_tracks_the_float64_ema():
+  rng = np.random.default_rng(1)
+  with jax.enable_x64(True):
+    grads = jnp.asarray(0.3 + rng.normal(size=(1500, 512)), jnp.float64)
+
+    def second_moment(**kwargs):
+      tx = bo.scale_by_balanced_adam(0.999, **kwargs)
+
+      def step(state, g):
+        return tx.update(g, state)[1], None
+
+      state, _ = jax.lax.scan(step, tx.init(grads[0]), grads)
+      return float(jnp.mean(state.nu.astype(jnp.float64)))
+
+    exact = second_moment()
+    stochastic = second_moment(state_dtype="bfloat16")
+    nearest = second_moment(state_dtype="bfloat16", stochastic_rounding=False)
+  assert abs(stochastic / exact - 1) < 0.01
+  assert abs(nearest / exact - 1) > 0.05
 
 
 def test_exact_values_special_values_and_other_dtypes_are_untouched():
@@ -65,3 +124,72 @@ def test_bfloat16_second_moment_tracks_float32_only_with_stochastic_rounding(mak
   nearest = second_moment(state_dtype="bfloat16", stochastic_rounding=False)
   assert abs(stochastic / exact - 1) < 0.01
   assert abs(nearest / exact - 1) > 0.05
+
+
+_SHARDING_SCRIPT = textwrap.dedent(
+  """
+  import jax, jax.numpy as jnp, numpy as np, optax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  import balanced_optax as bo
+  from balanced_optax import _rounding
+
+  assert jax.device_count() == 8, jax.devices()
+  mesh = jax.make_mesh((8,), ("x",))
+  sharded = NamedSharding(mesh, P("x"))
+  rng = np.random.default_rng(0)
+  grads = [jnp.asarray(0.3 + rng.normal(size=1024), jnp.float32) for _ in range(6)]
+  tx = bo.scale_by_balanced_adam(0.99, state_dtype="bfloat16")
+
+  def run(update, put=lambda x: x):
+    state = tx.init(jnp.zeros(1024))
+    state = state._replace(mu=put(state.mu), nu=put(state.nu))
+    for g in grads:
+      _, state = update(put(g), state)
+    return state
+
+  single = run(jax.jit(tx.update))
+  jitted = run(jax.jit(tx.update), lambda x: jax.device_put(x, sharded))
+  specs = optax.ScaleByAdamState(count=P(), mu=P("x"), nu=P("x"))
+  in_shard_map = run(jax.jit(jax.shard_map(
+      lambda g, s: tx.update(g, s), mesh=mesh,
+      in_specs=(P("x"), specs), out_specs=(P("x"), specs))),
+      lambda x: jax.device_put(x, sharded))
+  assert jitted.mu.sharding.is_equivalent_to(sharded, 1)
+  for state in (jitted, in_shard_map):
+    for field in ("mu", "nu"):
+      a, b = getattr(state, field), getattr(single, field)
+      assert a.dtype == jnp.bfloat16
+      a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+      np.testing.assert_array_equal(a, b)
+
+  # Shard i holds 2^i (1 + k/128 + 1/512): the same mantissas and cut fractions
+  # everywhere. Bits from the local index would round every shard alike.
+  k = np.arange(128)
+  x = np.concatenate([np.ldexp(1 + k / 128 + 2.0**-9, i) for i in range(8)])
+  x = jax.device_put(jnp.asarray(x, jnp.float32), sharded)
+  store = jax.shard_map(
+      lambda x: _rounding.store(x, jnp.zeros(x.shape, jnp.bfloat16),
+                                count=jnp.int32(5), salt=0, stochastic=True),
+      mesh=mesh, in_specs=P("x"), out_specs=P("x"))
+  up = (np.asarray(jax.jit(store)(x), np.float64) > np.asarray(x)).reshape(8, 128)
+  assert len({row.tobytes() for row in up}) == 8, up.sum(1)
+  np.testing.assert_allclose(up.mean(), 0.25, atol=0.05)
+  print("ROUNDING SHARDING OK")
+  """
+)
+
+
+@pytest.mark.slow
+def test_jit_shard_map_and_one_device_store_the_same_bfloat16_state():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env["JAX_PLATFORMS"] = "cpu"
+  result = subprocess.run(
+    [sys.executable, "-c", _SHARDING_SCRIPT],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "ROUNDING SHARDING OK" in result.stdout
