@@ -92,6 +92,11 @@ def moment_statistics(
     \rho_i = \frac{|\mu_i|}{\sqrt{\mu_i^2 + \sigma_i^2} + \varepsilon}, \qquad
     \text{update\_rms} = \Bigl(\frac{1}{N}\sum_i \rho_i^2\Bigr)^{1/2}.
 
+  For complex gradients :math:`\mu_i^2` reads :math:`|\mu_i|^2` and the
+  variance is the real :math:`E|g - \mu|^2` (as :func:`moments_from_state`
+  returns it). Leaves that are ``optax.MaskedNode`` (no moment state covers
+  them, e.g. Muon's matrices) hold no coordinates and are not counted.
+
   Per coordinate, with mean :math:`\mu` and variance :math:`\sigma^2`:
 
   * ``snr`` :math:`= \mu^2 / (\sigma^2 + \varepsilon^2)`; the floor
