@@ -238,7 +238,9 @@ def test_noise_estimate_bias_for_gaussian_gradients_shrinks_with_group_size():
     direction = lambda x: x.mean(-2) / np.sqrt((x**2).mean(-2))
     z = direction(g) @ p.T
     z_groups = direction(g.reshape(len(g), 4, m // 4, 70)) @ p.T
-    v_hat = [selection._noise_estimate(a, b, m) for a, b in zip(z, z_groups)]
+    v_hat = [
+      selection._noise_estimate(a, b, m) for a, b in zip(z, z_groups, strict=True)
+    ]
     bias[m] = np.mean(v_hat) / v_true - 1
   assert 0.15 < bias[16] < 0.32, bias
   assert 0.02 < bias[64] < bias[16] / 2, bias
@@ -279,3 +281,260 @@ def test_lag_fit_recovers_an_exact_model():
   np.testing.assert_allclose(
     selection._lag_fit(lags, 3e-6 + 0.2 / lags**2), (3e-6, 0.2), rtol=1e-9
   )
+
+
+# --- select_beta ------------------------------------------------------------
+
+
+def _mlp_params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+    "hidden": {"w": rng.normal(size=(6, 16)).astype(np.float32) * 0.5,
+               "b": np.zeros(16, np.float32)},
+    "out": [rng.normal(size=(16, 2)).astype(np.float32) * 0.3, np.float32(0.0)],
+  }  # fmt: skip
+
+
+def _mlp_loss(params, batch):
+  x, y = batch
+  h = jnp.tanh(x @ params["hidden"]["w"] + params["hidden"]["b"])
+  w, b = params["out"]
+  return jnp.mean((h @ w + b - y) ** 2)
+
+
+def _mlp_batch(k):
+  rng = np.random.default_rng(1000 + k)
+  x = rng.normal(size=(16, 6)).astype(np.float32)
+  y = np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], 1) + 0.3 * rng.normal(size=(16, 2))
+  return x, y.astype(np.float32)
+
+
+def _recipe(beta):
+  # Clipping that binds, a schedule and decoupled weight decay: the recipe is
+  # the user's, whatever it holds.
+  schedule = optax.cosine_decay_schedule(3e-2, 40)
+  return optax.chain(
+    optax.clip_by_global_norm(0.05),
+    bo.balanced_adamw(schedule, beta=beta, weight_decay=1e-2),
+  )
+
+
+_SMALL = {"pilot_steps": 30, "lags": (5, 10, 20), "num_probes": 8}
+
+
+@pytest.fixture(scope="module")
+def mlp_run():
+  """One small pilot on the MLP, recording the batches asked for and traces."""
+  calls, traces = [], []
+
+  def train_batch(k):
+    calls.append(k)
+    return _mlp_batch(k)
+
+  def grad_fn(params, batch):
+    traces.append(1)  # runs only while jax traces
+    return jax.grad(_mlp_loss)(params, batch)
+
+  sel = bo.select_beta(_recipe, grad_fn, train_batch, _mlp_params(), **_SMALL)
+  return sel, calls, traces
+
+
+def test_pilot_is_a_plain_training_loop_and_probes_use_unseen_batches(mlp_run):
+  sel, calls, traces = mlp_run
+  params = _mlp_params()
+  tx = _recipe(0.95)
+  step = jax.jit(lambda p, s, b: tx.update(jax.grad(_mlp_loss)(p, b), s, p))
+  p, state = params, tx.init(params)
+  for k in range(30):
+    updates, state = step(p, state, _mlp_batch(k))
+    p = optax.apply_updates(p, updates)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  jax.tree.map(close, sel.pilot_params, p)
+  # The clipping binds (so a pilot that dropped it would end elsewhere).
+  assert optax.tree.norm(jax.grad(_mlp_loss)(params, _mlp_batch(0))) > 0.1
+
+  assert [k for k in calls if k < 30] == list(range(30))  # data order untouched
+  assert sorted(k for k in calls if k >= 30) == list(range(30, 62))  # unseen batches
+  assert sel.gradient_evaluations == 30 + 4 * 8
+  assert len(traces) == 2  # compiled once: one pilot step, one probe gradient
+
+
+def test_fields_are_consistent_and_the_summary_is_loggable(mlp_run):
+  sel = mlp_run[0]
+  assert sel.lags == (5, 10, 20) and len(sel.lag_changes) == 3
+  assert sel.noise > 0 and sel.change > 0 and sel.seconds > 0
+  np.testing.assert_allclose(sel.change, sel.lag_intercept + sel.lag_slope / 20**2)
+  np.testing.assert_allclose(
+    (sel.lag_intercept, sel.lag_slope),
+    np.maximum(selection._lag_fit(np.array(sel.lags), np.array(sel.lag_changes)), 0),
+  )
+  np.testing.assert_allclose(sel.horizon, 1 / (1 - sel.beta_continuous), rtol=1e-12)
+  assert sel.beta_continuous == bo.beta_from_noise_and_lag(
+    sel.noise, sel.change, grid=None
+  )
+  assert sel.beta == bo.beta_from_noise_and_lag(sel.noise, sel.change)
+  record = json.loads(json.dumps(sel.as_dict()))
+  assert record["beta"] == sel.beta and "pilot_params" not in record
+  assert f"beta={sel.beta:.5f}" in sel.report() and "62 gradients" in sel.report()
+
+
+def test_deterministic_for_a_fixed_seed(mlp_run):
+  again = bo.select_beta(
+    _recipe, jax.grad(_mlp_loss), _mlp_batch, _mlp_params(), seed=0, **_SMALL
+  )
+  drop = lambda s: {k: v for k, v in s.as_dict().items() if k != "seconds"}
+  assert drop(again) == drop(mlp_run[0])
+  jax.tree.map(
+    np.testing.assert_array_equal, again.pilot_params, mlp_run[0].pilot_params
+  )
+
+
+def test_defaults_on_linear_regression():
+  rng = np.random.default_rng(0)
+  w_true = rng.normal(size=(10,)).astype(np.float32)
+
+  def batch(k):
+    r = np.random.default_rng(k)
+    x = r.normal(size=(32, 10)).astype(np.float32)
+    return x, x @ w_true + r.normal(size=32).astype(np.float32)
+
+  loss = lambda p, b: jnp.mean((b[0] @ p["w"] + p["b"] - b[1]) ** 2)
+  params = {"w": jnp.zeros(10), "b": jnp.zeros(())}
+  sel = bo.select_beta(
+    lambda beta: bo.balanced_adam(1e-2, beta), jax.grad(loss), batch, params
+  )
+  assert sel.gradient_evaluations == 264 and sel.pilot_steps == 200
+  assert sel.lags == (20, 50, 100) and sel.num_probes == 16
+  assert np.isclose(SELECTION_GRID, sel.beta, atol=5e-6).any()
+  # The pilot converged towards w_true: the measurement saw a trained model.
+  assert np.abs(sel.pilot_params["w"] - w_true).max() < 0.5
+
+
+def test_select_beta_measures_known_noise_and_drift():
+  # The sign model again, as a gradient stream (grad_fn returns the batch):
+  # the direction drifts linearly in time with known V and D.
+  n, m = (400, 300), 64
+  rng = np.random.default_rng(4)
+  drift = {k: rng.choice([-1, 1], s) * 0.003 for k, s in zip("ab", n, strict=True)}
+  params = {k: np.zeros(s, np.float32) for k, s in zip("ab", n, strict=True)}
+  checkpoints = (100, 150, 180, 200)
+
+  def sample(t, seed):
+    r = np.random.default_rng(seed)
+    mean = {k: (t - 150) * d for k, d in drift.items()}  # |mean| <= 0.45
+    return {k: np.where(r.random(mu.shape) < (1 + mu) / 2, 1.0, -1.0).astype(np.float32)
+            for k, mu in mean.items()}  # fmt: skip
+
+  sel = bo.select_beta(
+    lambda beta: optax.sgd(0.0),
+    lambda p, b: b,
+    lambda k: sample(k, k),
+    params,
+    probe_batch=lambda i: sample(checkpoints[i // m], 10**6 + i),
+    num_probes=m,
+    grid=None,
+  )
+  v_true = sum(np.mean(1 - (50 * d) ** 2) for d in drift.values())
+  d_true = sum(np.mean(d**2) for d in drift.values())
+  target = d_true + 2 * v_true / (m * 100**2)  # D^ = I + C/L^2 keeps C/L^2
+  np.testing.assert_allclose(sel.noise, v_true, rtol=0.1)
+  np.testing.assert_allclose(sel.lag_intercept, d_true, rtol=0.3)
+  np.testing.assert_allclose(sel.change, target, rtol=0.2)
+  want = bo.beta_from_noise_and_lag(v_true, target, grid=None)
+  np.testing.assert_allclose(sel.horizon, 1 / (1 - want), rtol=0.1)
+
+
+def test_nnx_state_params():
+  from flax import nnx
+
+  model = nnx.Linear(6, 2, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  loss = lambda s, b: jnp.mean((nnx.merge(graphdef, s)(b[0]) - b[1]) ** 2)
+  sel = bo.select_beta(_recipe, jax.grad(loss), _mlp_batch, state, **_SMALL)
+  assert isinstance(sel.pilot_params, nnx.State)
+  assert sel.noise > 0 and np.isfinite(sel.beta)
+
+
+@pytest.mark.parametrize(
+  "kwargs, name",
+  [
+    ({"num_probes": 10}, "num_probes"),
+    ({"num_probes": 2, "num_groups": 4}, "num_probes"),
+    ({"num_groups": 1}, "num_groups"),
+    ({"lags": (20, 200)}, "lags"),
+    ({"lags": (0, 20)}, "lags"),
+    ({"lags": (20, 20)}, "lags"),
+    ({"lags": (2.5, 20)}, "lags"),
+    ({"pilot_steps": 0}, "pilot_steps"),
+    ({"pilot_beta": 1.0}, "pilot_beta"),
+    ({"sketch_dim": 0}, "sketch_dim"),
+    ({"eps": -1.0}, "eps"),
+    ({"beta_range": (0.9, 0.8)}, "beta_range"),
+    ({"grid": (0.5, 1.2)}, "grid"),
+    ({"grid": (0.1, 0.2)}, "grid"),
+  ],
+)
+def test_select_beta_rejects_bad_input_before_training(kwargs, name):
+  def never(*_):
+    raise AssertionError("called before the arguments were checked")
+
+  with pytest.raises(ValueError, match=name):
+    bo.select_beta(never, never, never, {"w": np.zeros(3)}, **kwargs)
+
+
+_SHARDED_SCRIPT = textwrap.dedent(
+  """
+  import jax, jax.numpy as jnp, numpy as np, optax
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  import balanced_optax as bo
+  from balanced_optax import selection
+  from tests.selection_test import _SMALL, _mlp_batch, _mlp_loss, _mlp_params, _recipe
+
+  assert jax.device_count() == 8
+  params = _mlp_params()
+  specs = {"hidden": {"w": P(None, "fsdp"), "b": P("fsdp")}, "out": [P("fsdp"), P()]}
+  ref = bo.select_beta(_recipe, jax.grad(_mlp_loss), _mlp_batch, params, **_SMALL)
+  for axis_type in (AxisType.Explicit, AxisType.Auto):
+    mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(axis_type,))
+    put = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
+    sharded = jax.tree.map(put, params, specs)
+    # FSDP: the weights are gathered for the forward pass (explicit axes say so).
+    gather = lambda p: jax.tree.map(
+      lambda x: jax.sharding.reshard(x, NamedSharding(mesh, P())), p
+    )
+    loss = _mlp_loss
+    if axis_type == AxisType.Explicit:
+      loss = lambda p, b: _mlp_loss(gather(p), b)
+    sel = bo.select_beta(_recipe, jax.grad(loss), _mlp_batch, sharded, **_SMALL)
+    for f in ("noise", "change", "lag_intercept", "lag_slope", "beta_continuous"):
+      np.testing.assert_allclose(getattr(sel, f), getattr(ref, f), rtol=2e-4)
+    assert sel.beta == ref.beta
+    for x, s in zip(jax.tree.leaves(sel.pilot_params), jax.tree.leaves(specs)):
+      assert x.sharding.is_equivalent_to(NamedSharding(mesh, s), x.ndim), s
+    # The sketch reduces per-device partial sums; it never gathers a gradient.
+    seeds = jnp.asarray(selection._leaf_seeds(4, 0))
+    hlo = jax.jit(lambda t: selection._sketch(t, seeds, 1024)).lower(sharded).compile()
+    assert "all-gather" not in hlo.as_text()
+  print("SHARDED OK")
+  """
+)
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_params_on_8_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  result = subprocess.run(
+    [sys.executable, "-c", _SHARDED_SCRIPT],
+    env=env,
+    cwd=root,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "SHARDED OK" in result.stdout
