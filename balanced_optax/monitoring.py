@@ -272,12 +272,15 @@ def _is_empty(found: _Found) -> bool:
   )
 
 
+def _label_for(found: _Found, beta) -> str | None:
+  """The nearest dict key on the state's path that the beta mapping names."""
+  return next((label for label in found.labels if label in beta), None)
+
+
 def _resolve_betas(found: _Found, beta) -> tuple[Any, Any] | None:
   if isinstance(beta, collections.abc.Mapping):
-    for label in found.labels:
-      if label in beta:
-        return _as_pair(beta[label])
-    return found.hyperparam_betas
+    label = _label_for(found, beta)
+    return found.hyperparam_betas if label is None else _as_pair(beta[label])
   if beta is not None:
     return _as_pair(beta)
   return found.hyperparam_betas
@@ -405,8 +408,9 @@ def moments_from_state(
     coordinates.
 
   Raises:
-    ValueError: if an Adam state is found but no beta is known for it, or
-      the states found cannot be merged (they cover the same coordinates, or
+    ValueError: if an Adam state is found but no beta is known for it, a
+      label of a ``beta`` mapping is on no state's path, or the states found
+      cannot be merged (they cover the same coordinates, or
       different trees); the message names the states' paths.
 
   Example:
@@ -438,6 +442,15 @@ def moments_from_state(
     Orvieto & Gower, In Search of Adam's Secret Sauce, arXiv 2505.21829, 2025.
   """
   found = [f for f in _find_moment_states(opt_state) if not _is_empty(f)]
+  if isinstance(beta, collections.abc.Mapping):
+    unused = set(beta) - {_label_for(f, beta) for f in found}
+    if unused:
+      raise ValueError(
+        f"beta names labels {sorted(unused)} that are on no moment state's path;"
+        " the states found are at "
+        + (", ".join(f"{f.where} (dict keys {f.labels})" for f in found) or "none")
+        + "."
+      )
   if not found:
     return None
   parts, missing = [], []

@@ -463,3 +463,12 @@ class TestFlaxNnxStates:
     moments, stats = log(state)
     self._check(moments, grads_T)
     assert {"update_rms/hidden/kernel", "update_rms/head/bias"} <= set(stats)
+
+
+def test_a_beta_label_that_matches_no_group_is_an_error():
+  tx = optax.partition(
+    {"matrix": alias.balanced_adam(0.1, 0.5), "vector": alias.balanced_adam(0.1, 0.9)},
+    {"w": "matrix", "b": "vector"},
+  )
+  with pytest.raises(ValueError, match=r"\['vectors'\].*inner_states\['matrix'\]"):
+    monitoring.moments_from_state(tx.init(PARAMS), beta={"matrix": 0.5, "vectors": 0.9})
