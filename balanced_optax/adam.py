@@ -79,8 +79,8 @@ def _update(
   beta,
   eps,
   eps_root,
-  inv_c,
-  inv_c_next,
+  c,
+  c_next,
   nesterov,
   scale_safe,
   guard_nonfinite,
@@ -88,22 +88,26 @@ def _update(
   """One leaf's update m̂ / (sqrt(v̂ + eps_root) + eps), from stored moments."""
   dtype = _tree.compute_dtype(jnp.promote_types(out_dtype, m.dtype))
   m, second = m.astype(dtype), _real_part(second.astype(dtype))
+  # Multiplied through by sqrt(c_k), (m/c) / (sqrt(v/c + eps_root) + eps) is
+  # (m/sqrt(c)) / (sqrt(v + eps_root c) + eps sqrt(c)): the bias correction
+  # moves into scalars, one multiply per element fewer.
+  root_c = jnp.sqrt(c)
   if scale_safe:
-    root = second * jnp.sqrt(inv_c)
+    root = second
     if not _is_static_zero(eps_root):
-      root = jnp.hypot(root, jnp.sqrt(eps_root))
+      root = jnp.hypot(root, jnp.sqrt(eps_root * c))
   else:
-    root = jnp.sqrt(second * inv_c + eps_root)
+    root = jnp.sqrt(second if _is_static_zero(eps_root) else second + eps_root * c)
   if nesterov:
     # Dozat's look-ahead, as optax.adam(nesterov=True): the only case that
     # reads g again (a held coordinate looks ahead with its held mean).
     g = g.astype(dtype)
     if guard_nonfinite:
-      g = jnp.where(jnp.isfinite(g), g, m * inv_c)
-    numerator = beta * m * inv_c_next + (1 - beta) * g * inv_c
+      g = jnp.where(jnp.isfinite(g), g, m / c)
+    numerator = (beta * root_c / c_next) * m + ((1 - beta) / root_c) * g
   else:
-    numerator = m * inv_c
-  denom = root + eps
+    numerator = m * (1 / root_c)
+  denom = root + eps * root_c
   if _is_static_positive(eps) or _is_static_positive(eps_root):
     update = numerator / denom  # denom > 0: no select needed.
   else:  # 0/0 (eps = 0, no gradient yet) is a zero step; NaN still propagates.
@@ -206,8 +210,9 @@ def scale_by_balanced_adam(
     stochastic_rounding: when the moments are stored in bfloat16, round them
       stochastically (unbiased) rather than to nearest, so that an EMA with
       beta near 1 keeps tracking instead of stalling at bfloat16's resolution.
-      The bits come from a hash of the step count and the element index:
-      reproducible, no key in the state. Ignored for other state dtypes.
+      The bits come from a hash of the step count and the value rounded:
+      reproducible, the same under any sharding or ``shard_map``, no key in
+      the state. Ignored for other state dtypes.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -281,8 +286,8 @@ def scale_by_balanced_adam(
       beta=beta,
       eps=eps,
       eps_root=eps_root,
-      inv_c=1 / c,  # One bias correction serves both moments.
-      inv_c_next=1 / (1 - beta ** optax.safe_increment(count)),
+      c=c,  # One bias correction serves both moments.
+      c_next=1 - beta ** optax.safe_increment(count),
       nesterov=nesterov,
       scale_safe=scale_safe,
       guard_nonfinite=guard_nonfinite,
