@@ -80,7 +80,7 @@ def balanced_muon(
     default), orthogonalised by Newton-Schulz, shape-scaled, weight-decayed
     and scaled by ``-learning_rate``, exactly as optax computes it;
   * Adam leaves get :func:`balanced_optax.balanced_adamw` with
-    :math:`\beta_1 = \beta_2 = ` ``adam_beta`` (default: ``beta``), the same
+    :math:`\beta_1 = \beta_2` = ``adam_beta`` (default: ``beta``), the same
     ``eps`` and ``nesterov``, ``eps_root=adam_eps_root``,
     ``weight_decay=adam_weight_decay``, ``adam_learning_rate`` (default:
     ``learning_rate``) and every balanced-Adam option (``state_dtype``,
