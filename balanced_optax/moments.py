@@ -134,7 +134,6 @@ def _abs2(x: jax.Array) -> jax.Array:
 
 def _excess(second: jax.Array, mean: jax.Array) -> jax.Array:
   """max(second - |mean|², 0), infinite (not NaN) where second overflowed."""
-  second = jnp.real(second)
   # |mean|² <= second, so it can only overflow where second has: inf - inf
   # there would be NaN, and inf is what the moments say (the step is 0, as
   # optax.adam's m̂ / sqrt(inf)).
@@ -237,7 +236,11 @@ def tied_moments(
     update_dtypes = _tree.update_dtypes(updates, state.mu, params)
     grads = _tree.upcast(updates)
     count = optax.safe_increment(state.count)
-    old_mu, old_nu = _tree.upcast(state.mu), _tree.upcast(state.nu)
+    # nu is real; for complex params optax stores it as complex with zero
+    # imaginary part. Update its real part: complex arithmetic on an
+    # overflowed moment (beta * (inf + 0j)) makes NaN.
+    old_mu = _tree.upcast(state.mu)
+    old_nu = jax.tree.map(jnp.real, _tree.upcast(state.nu))
     mu = otu.update_moment(grads, old_mu, beta, 1)
     nu = otu.update_moment_per_elem_norm(grads, old_nu, beta, 2)
     if guard_nonfinite:
@@ -251,7 +254,8 @@ def tied_moments(
       count=count, mu=store(mu, state.mu, salt=0), nu=store(nu, state.nu, salt=1)
     )
     # Emit from the moments as stored, so that donated state updates in place.
-    mu, nu = _tree.upcast(new_state.mu), _tree.upcast(new_state.nu)
+    mu = _tree.upcast(new_state.mu)
+    nu = jax.tree.map(jnp.real, _tree.upcast(new_state.nu))
     mean = otu.bias_correction(mu, beta, count) if debias else mu
     second = otu.bias_correction(nu, beta, count) if debias else nu
     variance = jax.tree.map(_excess, second, mean)
