@@ -17,16 +17,23 @@ def nested_params(dtype=jnp.float32):
 def gradient_stream(params, num_steps, scale=1.0, seed=0, noise=2.0):
   """num_steps gradient trees: a fixed per-coordinate mean plus Gaussian noise.
 
+  Complex params get complex gradients, real and imaginary parts drawn alike.
+
   Gradients do not depend on the parameters, so errors cannot compound through
   the trajectory and each step's update can be compared on its own.
   """
   rng = np.random.default_rng(seed)
   leaves, treedef = jax.tree.flatten(params)
-  means = [rng.normal(size=x.shape) for x in leaves]
+
+  def draw(x):  # Complex params get complex gradients (both parts random).
+    z = rng.normal(size=x.shape)
+    return z + 1j * rng.normal(size=x.shape) if jnp.iscomplexobj(x) else z
+
+  means = [draw(x) for x in leaves]
   stream = []
   for _ in range(num_steps):
     step = [
-      jnp.asarray(scale * (m + noise * rng.normal(size=m.shape)), x.dtype)
+      jnp.asarray(scale * (m + noise * draw(x)), x.dtype)
       for m, x in zip(means, leaves, strict=True)
     ]
     stream.append(jax.tree.unflatten(treedef, step))
