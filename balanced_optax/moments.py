@@ -28,8 +28,10 @@ nothing that acts on gradients may sit between the estimator and the
 direction rule: ``optax.chain(variance_ema(b), optax.clip_by_global_norm(1.0),
 snr_sign_step())`` would clip the mean and the variance together. Such a
 transform rebuilds the moments from their leaves, and
-:func:`~balanced_optax.snr_sign_step` rejects rebuilt moments with an error
-that says where the transform belongs:
+:func:`~balanced_optax.snr_sign_step` rejects rebuilt moments with a
+TypeError that says where the transform belongs (transforms that pair the
+updates with a params-shaped tree, ``optax.add_decayed_weights`` or
+``optax.masked`` placed there, already fail on the tree mismatch):
 
 * clipping (``optax.clip_by_global_norm``, ``optax.clip``) acts on gradients:
   put it *before* the estimator, as in ``optax.chain(clip, adam)``;
