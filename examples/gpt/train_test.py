@@ -136,13 +136,13 @@ def test_command_line_overrides_and_refresh_rule(
 
 
 @pytest.fixture(scope="module")
-def auto_run(tiny_config, tmp_path_factory):
+def auto_run(compilation_cache, tiny_config, tmp_path_factory, unoptimized_xla):
   """A tiny beta=auto run halted at step 20, then resumed to its end (40)."""
   config = dataclasses.replace(tiny_config, beta="auto", num_steps=40, **SMALL_PILOT)
   workdir = tmp_path_factory.mktemp("auto")
   outputs = []
   for halt in (20, 0):
-    with contextlib.redirect_stdout(io.StringIO()) as out:
+    with unoptimized_xla(), contextlib.redirect_stdout(io.StringIO()) as out:
       final = train.train_and_evaluate(
         dataclasses.replace(config, halt_after_steps=halt), str(workdir)
       )
@@ -166,7 +166,7 @@ def test_auto_chooses_beta_with_a_pilot_and_logs_it(auto_run):
 
 
 def test_auto_trains_from_the_pilots_init_with_the_chosen_beta(
-  auto_run, tmp_path, capsys
+  auto_run, tmp_path, unoptimized_xla
 ):
   """Resumed without re-running the pilot, the auto run equals a plain run
   at the chosen beta from the same initialisation and step 0."""
@@ -175,7 +175,8 @@ def test_auto_trains_from_the_pilots_init_with_the_chosen_beta(
   history = read_metrics(workdir)
   beta = history[0]["beta"]
   assert history[1]["train_loss"] == pytest.approx(GOLDEN_FIRST_LOSS, abs=2e-5)
-  train.train_and_evaluate(dataclasses.replace(config, beta=beta), str(tmp_path))
+  with unoptimized_xla():  # as auto_run compiled
+    train.train_and_evaluate(dataclasses.replace(config, beta=beta), str(tmp_path))
   assert metrics_lib.without_timing(history[1:]) == metrics_lib.without_timing(
     read_metrics(tmp_path)
   )
