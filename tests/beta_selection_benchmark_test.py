@@ -30,6 +30,7 @@ def test_key_snaps_to_the_grid():
   assert beta_selection.key(0.95) == "0.94377"
 
 
+@pytest.mark.slow
 def test_train_grid_matches_separate_runs():
   # The vmapped grid is the same arithmetic as one run per beta.
   w = workloads.make_workload("quadratic", num_steps=30, eval_every=10)
