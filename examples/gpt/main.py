@@ -1,8 +1,8 @@
 """Trains the character-level GPT.
 
-python -m examples.gpt.main                                # configs/default.py
-python -m examples.gpt.main --config=examples/gpt/configs/tiny.py \
-    --config.data=my.txt --config.optimizer=adam --workdir=runs/mine
+python -m examples.gpt.main                        # configs/default.py, runs/gpt
+python -m examples.gpt.main --config=examples/gpt/configs/tiny.py --workdir=/tmp/gpt
+python -m examples.gpt.main --config.data=my.txt --config.beta=auto --workdir=runs/mine
 
 ``--config`` is a config file (``get_config()`` returns the config
 dataclass); every field can be overridden with ``--config.FIELD=VALUE``.

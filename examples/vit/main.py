@@ -1,8 +1,8 @@
 """Trains the ViT classifier.
 
-python -m examples.vit.main                                # configs/default.py
-python -m examples.vit.main --config=examples/vit/configs/tiny.py \
-    --config.optimizer=signum --config.learning_rate=1e-3 --workdir=runs/signum
+python -m examples.vit.main                        # configs/default.py, runs/vit
+python -m examples.vit.main --config=examples/vit/configs/tiny.py --workdir=/tmp/vit
+python -m examples.vit.main --config.optimizer=signum --config.learning_rate=1e-3
 
 ``--config`` is a config file (``get_config()`` returns the config
 dataclass); every field can be overridden with ``--config.FIELD=VALUE``.
