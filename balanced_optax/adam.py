@@ -5,8 +5,11 @@ r"""The fused fast path: balanced Adam in one elementwise pass per leaf.
 equal), as one elementwise pass per leaf that reads (g, m, v) and writes
 (update, m, v), with the update read off the moments as stored so that
 donated state is updated in place. Tying the betas lets one scalar,
-:math:`1/c_k = 1/(1 - \beta^k)`, debias both moments, which leaves one
-division per element instead of optax.adam's three.
+:math:`c_k = 1 - \beta^k`, debias both moments, and it is folded into the
+scalars of :math:`(m/\sqrt{c_k}) / (\sqrt{v} + \varepsilon\sqrt{c_k})`, so
+the update costs one multiply, one square root and one division per element.
+The non-finite guard holds moments instead of re-reading the gradient, so the
+guarded step moves the same bytes as ``optax.adam``'s.
 """
 
 import functools
@@ -147,9 +150,10 @@ def scale_by_balanced_adam(
   with :math:`\hat m_k = m_k / c_k`, or with ``nesterov=True``
   :math:`\hat m_k = \beta m_k / c_{k+1} + (1-\beta) g_k / c_k`. This is
   ``optax.scale_by_adam(b1=beta, b2=beta, eps=eps, eps_root=eps_root,
-  nesterov=nesterov)``, and equally (``eps = eps_root = 0``)
-  :math:`\operatorname{sign}(\hat m)/\sqrt{1 + \hat\sigma^2/|\hat m|^2}`: a
-  sign step shrunk by the gradient's SNR. With ``scale_safe=False`` the state
+  nesterov=nesterov)``, and equally (``eps = eps_root = 0``, no Nesterov)
+  :math:`\operatorname{sign}(\hat m)/\sqrt{1 + \hat\sigma^2/|\hat m|^2}`
+  with :math:`\hat\sigma^2 = \hat v - |\hat m|^2`: a sign step shrunk by the
+  gradient's SNR. With ``scale_safe=False`` the state
   is ``optax.ScaleByAdamState(count, mu, nu)`` with the same meaning as
   ``optax.adam``'s, so checkpoints move between the two in both directions.
 
@@ -167,8 +171,9 @@ def scale_by_balanced_adam(
   constant gradient scale over float32's whole range (1e-30 .. 1e30), where
   plain Adam's :math:`g^2` under- or overflows. The state is then
   :class:`ScaleSafeAdamState`. A finite gradient never gives a NaN update on
-  either form: where :math:`g^2` overflows to inf, the update is 0, as in
-  ``optax.adam``.
+  either form: where the plain form's :math:`|g|^2` overflows to inf (e.g.
+  g = 3e19 in float32), the update is 0, as in ``optax.adam``; the root form
+  still gives the true step.
 
   Non-finite gradients (``guard_nonfinite=True``): where :math:`g_k` is NaN or
   +-Inf (for complex g, in either part), the step counts as if
@@ -178,9 +183,13 @@ def scale_by_balanced_adam(
   c_{k-1}` (zero before the first finite gradient). That coordinate's update
   is then computed from its held moments like any other: it keeps its last
   step, and before any finite gradient it is zero. The update never reads g
-  again, so the guard costs what ``optax.adam``'s own step costs. On finite
-  gradients the guard changes nothing. To skip whole steps instead, wrap the
-  optimizer in ``optax.apply_if_finite``.
+  again, so the guarded step moves the same bytes as ``optax.adam``'s; its
+  cost is a compare and a select per moment and element. On finite gradients
+  the guard changes nothing. A coordinate whose first finite gradient comes
+  at step :math:`k > 1` starts from zero moments under the shared count, so
+  its first step is damped by :math:`\sqrt{(1-\beta)/c_k}` (as a
+  coordinate of ``optax.adam`` whose gradients were zero until then). To skip
+  whole steps instead, wrap the optimizer in ``optax.apply_if_finite``.
 
   Dtypes: the arithmetic runs in at least float32 (float64 and complex128 stay
   64-bit), and the updates come back in the dtype ``optax.adam``'s would have,
@@ -266,8 +275,10 @@ def scale_by_balanced_adam(
     new_moments = functools.partial(
       _new_moments,
       beta=beta,
-      # m_{k-1} c_k / c_{k-1} keeps the debiased mean; at k = 1, m_0 = 0.
-      hold=jnp.where(c_prev > 0, c / jnp.where(c_prev > 0, c_prev, 1), 1),
+      # m_{k-1} c_k / c_{k-1} keeps the debiased mean. At k = 1 (c_0 = 0) the
+      # moments are 0 and any finite factor holds them; one scalar operand
+      # keeps the moment kernels as simple as optax.adam's.
+      hold=c / jnp.maximum(c_prev, 1e-30),
       scale_safe=scale_safe,
       guard_nonfinite=guard_nonfinite,
     )
