@@ -28,7 +28,7 @@ The workloads (:func:`make_workload`):
 
   ===============  =========================================================
   ``gpt``          the character GPT of ``examples/gpt`` (``models.GPT``) on
-                   the bundled Shakespeare plays
+                   the bundled Shakespeare corpus (the complete works)
   ``gpt_sonnets``  the same model on Shakespeare's Sonnets (verse, another
                    genre and vocabulary; the last 10% is the validation set)
   ``mlp_digits``   a 64-128-128-10 GELU MLP on scikit-learn's 8x8 digits
@@ -70,11 +70,6 @@ import balanced_optax as bo
 # The selection grid of [FH26c] (DESIGN.md section 3b): 1 - beta = 10^(-k/4),
 # k = 2..12.
 SELECTION_GRID = tuple(round(1.0 - 10.0 ** (-k / 4), 5) for k in range(2, 13))
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE_COMPLETE = os.path.join(
-  os.path.dirname(_REPO), "shared", "data", "shakespeare.txt"
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,22 +236,18 @@ def _char_ids(text: str, val_fraction: float = 0.1):
 
 
 def sonnets_text() -> str:
-  """Shakespeare's Sonnets, cut from the complete works in ``shared/data``.
+  """Shakespeare's Sonnets, cut from the bundled corpus of ``examples/gpt``.
 
-  Falls back to the last tenth of the bundled plays where that file is absent
-  (a clean clone without the shared data folder).
+  The corpus is the complete works; the Sonnets (verse: another genre, a
+  smaller vocabulary and a 95,000-character text) run from their title to the
+  last line of sonnet CLIV.
   """
-  if os.path.exists(SHAKESPEARE_COMPLETE):
-    with open(SHAKESPEARE_COMPLETE, encoding="utf-8") as f:
-      text = f.read()
-    start = text.find("THE SONNETS")
-    end = text.find("THE END", start)
-    if start >= 0 and end > start:
-      return text[start:end]
   from examples.gpt import input_pipeline
 
-  plays = input_pipeline.read_text()
-  return plays[-len(plays) // 10 :]
+  text = input_pipeline.read_text()
+  start = text.index("THE SONNETS")
+  last_line = "water cools not love."
+  return text[start : text.index(last_line, start) + len(last_line)]
 
 
 def gpt_workload(
