@@ -34,7 +34,7 @@ class ScaleSafeAdamState(NamedTuple):
       squares the gradient and cannot under- or overflow where g does not.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # optax's name; shadows tuple.count
   mu: optax.Updates
   rms: optax.Updates
 

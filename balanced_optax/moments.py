@@ -81,7 +81,7 @@ class VarianceEmaState(NamedTuple):
       real also for complex params.
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # optax's name; shadows tuple.count
   mean: optax.Updates
   variance: optax.Updates
 
@@ -94,6 +94,8 @@ class _EstimatedMoments(GradientMoments):
   yields :class:`_RebuiltMoments`, so the direction rule can tell that a
   transform mapped over the moments on their way to it.
   """
+
+  update_dtypes: tuple[jnp.dtype, ...] | list[jnp.dtype]
 
 
 class _RebuiltMoments(GradientMoments):

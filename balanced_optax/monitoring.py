@@ -186,7 +186,7 @@ def moment_statistics(
 def _fields(node) -> dict[str, Any] | None:
   """A node's fields by name, if it is a NamedTuple or a mapping (else None)."""
   if isinstance(node, tuple) and hasattr(node, "_fields"):
-    return node._asdict()
+    return node._asdict()  # type: ignore[attr-defined]  # a NamedTuple
   if isinstance(node, collections.abc.Mapping):
     return dict(node)
   return None
