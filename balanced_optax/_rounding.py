@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _mix(x: jax.Array) -> jax.Array:
+def mix(x: jax.Array) -> jax.Array:
   """A 32-bit integer hash with good avalanche (lowbias32)."""
   x = x ^ (x >> 16)
   x = x * jnp.uint32(0x7FEB352D)
@@ -34,7 +34,7 @@ def _mix(x: jax.Array) -> jax.Array:
   return x ^ (x >> 16)
 
 
-def _random_bits(shape: tuple[int, ...], seed: jax.Array) -> jax.Array:
+def index_bits(shape: tuple[int, ...], seed: jax.Array) -> jax.Array:
   """uint32 bits per element: a hash of seed + the element's index."""
   # Start from the runtime seed: an index built from constants alone would be
   # constant-folded by XLA into a literal as large as the array.
@@ -44,7 +44,7 @@ def _random_bits(shape: tuple[int, ...], seed: jax.Array) -> jax.Array:
     step = jnp.uint32(stride % 2**32)
     index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * step
     stride *= shape[axis]
-  return _mix(index)
+  return mix(index)
 
 
 def _stochastic_bfloat16(x: jax.Array, seed: jax.Array) -> jax.Array:
@@ -57,7 +57,7 @@ def _stochastic_bfloat16(x: jax.Array, seed: jax.Array) -> jax.Array:
   the donated state.
   """
   raw = lax.bitcast_convert_type(x, jnp.uint32)
-  bits = _mix(raw ^ seed)
+  bits = mix(raw ^ seed)
   raw = (raw + (bits >> 16)) & jnp.uint32(0xFFFF0000)  # Now exact in bfloat16.
   return lax.bitcast_convert_type(raw, jnp.float32).astype(jnp.bfloat16)
 
@@ -72,7 +72,7 @@ def _stochastic_bfloat16_from_64(x: jax.Array, seed: jax.Array) -> jax.Array:
   """
   raw = lax.bitcast_convert_type(x, jnp.uint64)
   high = (raw >> 32).astype(jnp.uint32)
-  bits = _mix(_mix(high ^ seed) ^ raw.astype(jnp.uint32)).astype(jnp.uint64)
+  bits = mix(mix(high ^ seed) ^ raw.astype(jnp.uint32)).astype(jnp.uint64)
   raw = (raw + (bits << 13)) & jnp.uint64(0xFFFFE00000000000)  # Keeps 19 bits.
   return lax.bitcast_convert_type(raw, jnp.float64).astype(jnp.bfloat16)
 
@@ -91,7 +91,7 @@ def store(new: Any, old: Any, *, count: jax.Array, salt: int, stochastic: bool) 
   # on the values only, and leaves of one shape compile to one kernel that
   # XLA reuses (a per-leaf stream made every leaf its own kernel, and a
   # 512-leaf step compiled 10x slower).
-  seed = _mix(count.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + jnp.uint32(salt))
+  seed = mix(count.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + jnp.uint32(salt))
   stored = []
   for n, o in zip(news, leaves, strict=True):
     if stochastic and o.dtype == jnp.bfloat16 and n.dtype == jnp.float32:

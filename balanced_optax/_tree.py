@@ -59,8 +59,10 @@ def zeros_for_state(params: Any, state_dtype: Any, *, real: bool = False) -> Any
   ValueError. ``real=True`` gives the real dtype of that precision (for a
   variance, which is real even where the params are complex).
   """
+  # zeros_like, not zeros(shape): the state keeps the params' sharding.
   return jax.tree.map(
-    lambda x: jnp.zeros(x.shape, _state_dtype_for(x.dtype, state_dtype, real)), params
+    lambda x: jnp.zeros_like(x, dtype=_state_dtype_for(x.dtype, state_dtype, real)),
+    params,
   )
 
 

@@ -300,9 +300,9 @@ def _sketch(tree: Any, leaf_seeds: jax.Array, dim: int) -> jax.Array:
   dtype = _sum_dtype()
   total = jnp.zeros((dim,), dtype)
   for k, leaf in enumerate(jax.tree.leaves(tree)):
-    bits = _rounding._random_bits(leaf.shape, leaf_seeds[k])
+    bits = _rounding.index_bits(leaf.shape, leaf_seeds[k])
     bucket = (bits % jnp.uint32(dim)).astype(jnp.int32)
-    sign = jnp.where(_rounding._mix(bits ^ jnp.uint32(0x5BD1E995)) >> 31 == 0, 1, -1)
+    sign = jnp.where(_rounding.mix(bits ^ jnp.uint32(0x5BD1E995)) >> 31 == 0, 1, -1)
     values = sign * leaf.astype(dtype)
     # Under explicit sharding the replicated sketch must be asked for: each
     # device scatters its own block, then the partial sketches are summed.
