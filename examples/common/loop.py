@@ -192,10 +192,9 @@ def train(
   graphdef, state, state_sharding, start = _initial_state(
     task, tx, mesh, config.fsdp, checkpointer, pilot_params
   )
-  del pilot_params  # the state holds them now
-  if is_first_process:
-    if start:
-      print(f"Resuming from the checkpoint of step {start} in {workdir}")
+  del pilot_params  # the state holds a copy
+  if is_first_process and start:
+    print(f"Resuming from the checkpoint of step {start} in {workdir}")
   writer = MetricsWriter(workdir, start, enabled=is_first_process)
   if beta_record and not start:  # a resumed run's file has it already
     writer.write({"step": 0, **beta_record})

@@ -12,7 +12,7 @@ import json
 import os
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from examples.gpt import train
@@ -30,6 +30,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # Libraries raise absl's level to INFO (orbax logs every save);
+    # --verbosity=0 brings their messages back.
+    logging.set_verbosity(logging.WARNING)
   metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:  # one line per run, also when multi-process
     print(json.dumps(metrics, sort_keys=True))
