@@ -117,3 +117,10 @@ def unzip(template: Any, tree_of_tuples: Any, n: int) -> tuple[Any, ...]:
   return tuple(
     jax.tree.map(lambda _, t, i=i: t[i], template, tree_of_tuples) for i in range(n)
   )
+
+
+def abs2(x: jax.Array) -> jax.Array:
+  """|x|², real, without the square root and re-square of jnp.abs."""
+  if jnp.iscomplexobj(x):
+    return x.real * x.real + x.imag * x.imag
+  return x * x

@@ -123,7 +123,7 @@ def _is_static_zero(x) -> bool:
 
 
 def _is_static_positive(x) -> bool:
-  return isinstance(x, numbers.Real) and x > 0
+  return isinstance(x, numbers.Real) and float(x) > 0
 
 
 def scale_by_balanced_adam(

@@ -29,10 +29,9 @@ import optax
 
 from balanced_optax import _checks, _tree
 from balanced_optax.moments import (
+  EstimatedMoments,
   GradientMoments,
-  _abs2,
-  _EstimatedMoments,
-  _RebuiltMoments,
+  RebuiltMoments,
 )
 
 _REBUILT_MESSAGE = (
@@ -51,9 +50,9 @@ def _direction(mean, variance, eps, power, out_dtype):
   """sign(mean) * rho^(2p), computed so that 0/0 gives 0 rather than NaN."""
   mean32 = mean.astype(_tree.compute_dtype(mean.dtype))
   variance32 = jnp.real(variance).astype(_tree.real_dtype(mean32.dtype))
-  denom = jnp.sqrt(_abs2(mean32) + variance32) + eps
+  denom = jnp.sqrt(_tree.abs2(mean32) + variance32) + eps
   # mean == 0 is the only way denom can be 0 (with eps = 0); its step is 0.
-  positive_eps = isinstance(eps, numbers.Real) and eps > 0
+  positive_eps = isinstance(eps, numbers.Real) and float(eps) > 0
   safe_denom = denom if positive_eps else jnp.where(denom == 0, 1, denom)
   static = isinstance(power, numbers.Real)
   if static and power == 0.5:  # Adam: exactly mean / (sqrt(mean^2 + var) + eps).
@@ -132,7 +131,7 @@ def snr_sign_step(
 
   def update_fn(updates, state, params=None):
     del params
-    if isinstance(updates, _RebuiltMoments):
+    if isinstance(updates, RebuiltMoments):
       raise TypeError(_REBUILT_MESSAGE)
     if not isinstance(updates, GradientMoments):
       raise TypeError(
@@ -143,10 +142,10 @@ def snr_sign_step(
     _checks.check_same_structure("snr_sign_step", updates.variance, updates.mean)
     means, treedef = jax.tree.flatten(updates.mean)
     variances = treedef.flatten_up_to(updates.variance)
-    if isinstance(updates, _EstimatedMoments):
+    if isinstance(updates, EstimatedMoments):
       out_dtypes = updates.update_dtypes
     else:
-      out_dtypes = [m.dtype for m in means]
+      out_dtypes = tuple(m.dtype for m in means)
     direction = jax.tree.unflatten(
       treedef,
       [

@@ -86,19 +86,19 @@ class VarianceEmaState(NamedTuple):
   variance: optax.Updates
 
 
-class _EstimatedMoments(GradientMoments):
-  """GradientMoments as an estimator emits them.
+class EstimatedMoments(GradientMoments):
+  """GradientMoments as an estimator emits them (internal, not in the public API).
 
   ``update_dtypes`` (one per leaf, in the flat order of ``mean``) is the dtype
   of the update the direction rule must return. Flattening and unflattening
-  yields :class:`_RebuiltMoments`, so the direction rule can tell that a
+  yields :class:`RebuiltMoments`, so the direction rule can tell that a
   transform mapped over the moments on their way to it.
   """
 
   update_dtypes: tuple[jnp.dtype, ...] | list[jnp.dtype]
 
 
-class _RebuiltMoments(GradientMoments):
+class RebuiltMoments(GradientMoments):
   """Estimated moments that were rebuilt from their leaves (by a tree map)."""
 
 
@@ -112,28 +112,21 @@ def _flatten_with_keys(moments):
 
 def _unflatten(update_dtypes, children):
   del update_dtypes
-  return _RebuiltMoments(*children)
+  return RebuiltMoments(*children)
 
 
 jax.tree_util.register_pytree_with_keys(
-  _EstimatedMoments,
+  EstimatedMoments,
   _flatten_with_keys,
   _unflatten,
   lambda m: ((m.mean, m.variance), m.update_dtypes),
 )
 
 
-def _emit(mean, variance, update_dtypes) -> _EstimatedMoments:
-  moments = _EstimatedMoments(mean, variance)
+def _emit(mean, variance, update_dtypes) -> EstimatedMoments:
+  moments = EstimatedMoments(mean, variance)
   moments.update_dtypes = update_dtypes
   return moments
-
-
-def _abs2(x: jax.Array) -> jax.Array:
-  """|x|², real, without the square root and re-square of jnp.abs."""
-  if jnp.iscomplexobj(x):
-    return x.real * x.real + x.imag * x.imag
-  return x * x
 
 
 def _excess(second: jax.Array, mean: jax.Array) -> jax.Array:
@@ -141,7 +134,7 @@ def _excess(second: jax.Array, mean: jax.Array) -> jax.Array:
   # |mean|² <= second, so it can only overflow where second has: inf - inf
   # there would be NaN, and inf is what the moments say (the step is 0, as
   # optax.adam's m̂ / sqrt(inf)).
-  return jnp.where(jnp.isinf(second), second, jnp.maximum(second - _abs2(mean), 0))
+  return jnp.where(jnp.isinf(second), second, jnp.maximum(second - _tree.abs2(mean), 0))
 
 
 def _hold_factor(beta, count):
@@ -368,7 +361,7 @@ def variance_ema(
       # which could otherwise push alpha a hair above 1 and the variance below 0.
       alpha = jnp.minimum((1 - beta) / (1 - beta**count), 1)
     else:
-      alpha = 1 - beta
+      alpha = jnp.asarray(1 - beta)
     old_mean, old_variance = _tree.upcast(state.mean), _tree.upcast(state.variance)
     # (1 - alpha) m + alpha g rather than m + alpha (g - m): g - m overflows
     # for huge gradients of opposite sign, and alpha = 1 gives g exactly.
@@ -380,7 +373,7 @@ def variance_ema(
     # is updated in place. At alpha = 1 the new mean is g and the term is 0.
     weight = jnp.where(alpha < 1, alpha / jnp.where(alpha < 1, 1 - alpha, 1), 0)
     variance = jax.tree.map(
-      lambda s, g, m: (1 - alpha) * s + weight * _abs2(g - m),
+      lambda s, g, m: (1 - alpha) * s + weight * _tree.abs2(g - m),
       old_variance,
       grads,
       mean,

@@ -165,7 +165,10 @@ def moment_statistics(
   variance_leaves = jax.tree.leaves(moments.variance)
   if len(mean_leaves) != len(variance_leaves):
     raise ValueError("moments.mean and moments.variance have different trees.")
-  stats, totals, all_snr, size = {}, {}, [], 0
+  stats: dict[str, jax.Array] = {}
+  totals: dict[str, jax.Array] = {}
+  snr_leaves: list[jax.Array] = []
+  size = 0
   for (path, m), v in zip(mean_leaves, variance_leaves, strict=True):
     if m.size == 0:
       continue
@@ -175,18 +178,18 @@ def moment_statistics(
       leaf = _finish(sums, m.size, snr, median)
       stats.update({f"{key}/{name}": value for key, value in leaf.items()})
     totals = {k: totals.get(k, 0) + s for k, s in sums.items()}
-    all_snr.append(snr.ravel())
+    snr_leaves.append(snr.ravel())
     size += m.size
   if not size:
     raise ValueError("moments hold no coordinates.")
-  all_snr = jnp.concatenate(all_snr) if median else None
+  all_snr = jnp.concatenate(snr_leaves) if median else None
   return {**_finish(totals, size, all_snr, median), **stats}
 
 
 def _fields(node) -> dict[str, Any] | None:
   """A node's fields by name, if it is a NamedTuple or a mapping (else None)."""
   if isinstance(node, tuple) and hasattr(node, "_fields"):
-    return node._asdict()  # type: ignore[attr-defined]  # a NamedTuple
+    return node._asdict()  # type: ignore[attr-defined]  # a NamedTuple  # type: ignore[attr-defined]  # a NamedTuple
   if isinstance(node, collections.abc.Mapping):
     return dict(node)
   return None
@@ -252,11 +255,13 @@ def _find_moment_states(tree, prefix=(), betas=None) -> list[_Found]:
   found = []
   for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_node)[0]:
     path = prefix + path
+    fields = _fields(node)
+    if fields is None:  # A leaf: neither a moment state nor inject_hyperparams.
+      continue
     second = _second_field(node)
     if second is not None:
-      found.append(_Found(path, _fields(node), second, betas))
+      found.append(_Found(path, fields, second, betas))
     elif _is_inject(node):
-      fields = _fields(node)
       key = GetAttrKey if isinstance(node, tuple) else DictKey
       inner_betas = _betas_from_hyperparams(fields["hyperparams"]) or betas
       found += _find_moment_states(

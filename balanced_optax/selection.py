@@ -285,7 +285,7 @@ def _leaf_seeds(num_leaves: int, seed: int) -> np.ndarray:
 
 
 def _sum_dtype() -> jnp.dtype:
-  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def _sketch(tree: Any, leaf_seeds: jax.Array, dim: int) -> jax.Array:

@@ -162,7 +162,7 @@ class CompositionTest(chex.TestCase):
       "masked": optax.masked(optax.scale(0.5), {"w": True, "b": False}),
     }[between]
     tx = optax.chain(getattr(bo, estimator)(0.9), middle, bo.snr_sign_step())
-    with self.assertRaisesRegex(ValueError, "_EstimatedMoments"):
+    with self.assertRaisesRegex(ValueError, "EstimatedMoments"):
       _chain_update(tx, params, params)
 
   @parameterized.parameters("tied_moments", "variance_ema")

@@ -1,4 +1,5 @@
-"""README.md stays true: its code runs, its commands are the ones CI uses."""
+"""README.md and the docs pages stay true: their code runs and prints what they
+show, and README's commands are the ones CI uses."""
 
 import contextlib
 import io
@@ -8,9 +9,25 @@ import re
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+_DOCS = [f for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")]
+PAGES = ["README.md", *(os.path.join("docs", name) for name in _DOCS)]
+
+
+def _read(page):
+  with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+    return f.read()
+
+
+README = _read("README.md")
 # A python block, optionally followed by a ```text block holding its exact output.
-BLOCKS = re.findall(r"```python\n(.*?)```\n(?:\s*```text\n(.*?)```)?", README, re.S)
+_BLOCK = re.compile(
+  r"```python\n(.*?)```\n(?:\s*(?:prints\s*)?```text\n(.*?)```)?", re.S
+)
+BLOCKS = [
+  pytest.param(code, expected, id=f"{page}:{i}")
+  for page in PAGES
+  for i, (code, expected) in enumerate(_BLOCK.findall(_read(page)))
+]
 
 
 def _command(marker):
@@ -57,12 +74,11 @@ def test_ci_runs_the_readme_test_command():
   assert last_line == _command("test-command")
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_python_blocks_run_and_print_what_they_show(index):
-  code, expected = BLOCKS[index]
+@pytest.mark.parametrize(("code", "expected"), BLOCKS)
+def test_python_blocks_run_and_print_what_they_show(code, expected):
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "__readme__"})
+    exec(compile(code, "<page block>", "exec"), {"__name__": "__readme__"})
   if expected:
     _assert_same_output(out.getvalue(), expected)
 
