@@ -101,6 +101,19 @@ def check_refresh_scaling(results):
     assert all(0 < loss < 3.8 for loss in row["losses"].values())
 
 
+def check_beta_selection(results):
+  # Every gap is measured against the workload's own best grid beta, and the
+  # selector's and the refresh rule's gaps are those of the betas they chose.
+  for row in results["workloads"].values():
+    gaps = row["gap"]
+    assert min(gaps.values()) == 0.0 and gaps[f"{row['oracle_beta']:.5f}"] == 0.0
+    assert row["selector_gap"] == gaps[f"{row['selector_beta']:.5f}"]
+    assert row["refresh_gap"] == gaps[f"{row['refresh_beta']:.5f}"]
+  for summary in results["table"].values():
+    assert 0 <= summary["mean"] <= summary["cvar25"] <= summary["max"]
+  assert results["targets"][-1]["met"]  # the pilot's cost in gradients
+
+
 # The notebooks that train the GPT of examples/ spend most of their time
 # compiling train steps (one per optimizer and beta): XLA's optimisation passes
 # are switched off for them, which saves about a third of their time; what
@@ -114,6 +127,7 @@ NOTEBOOKS = [
   pytest.param("optimizer_ranking", check_optimizer_ranking, _TRAINS_A_GPT),
   pytest.param("beta_grid", check_beta_grid, _TRAINS_A_GPT),
   pytest.param("refresh_scaling", check_refresh_scaling, _TRAINS_A_GPT),
+  pytest.param("beta_selection", check_beta_selection, _TRAINS_A_GPT),
 ]
 
 
