@@ -66,6 +66,14 @@ def test_test_command_installs_the_test_extra_and_runs_every_tier():
   assert "-m" not in run.split(), "README's test command must run every tier"
 
 
+def test_ci_runs_the_readme_test_command():
+  script = os.path.join(ROOT, ".ci", "run")
+  assert os.access(script, os.X_OK)
+  with open(script, encoding="utf-8") as f:
+    last_line = f.read().strip().splitlines()[-1]
+  assert last_line == _command("test-command")
+
+
 @pytest.mark.parametrize(("code", "expected"), BLOCKS)
 def test_python_blocks_run_and_print_what_they_show(code, expected):
   out = io.StringIO()
