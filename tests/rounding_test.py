@@ -1,8 +1,5 @@
 """Stochastic rounding of bfloat16 state: unbiased, reproducible, and needed."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -12,6 +9,7 @@ import pytest
 
 import balanced_optax as bo
 from balanced_optax import _rounding
+from tests.devices import run_on_8_devices
 
 
 def _quarter_ulp_up(dtype=jnp.float32):
@@ -181,15 +179,4 @@ _SHARDING_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_jit_shard_map_and_one_device_store_the_same_bfloat16_state():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  env["JAX_PLATFORMS"] = "cpu"
-  result = subprocess.run(
-    [sys.executable, "-c", _SHARDING_SCRIPT],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "ROUNDING SHARDING OK" in result.stdout
+  run_on_8_devices(_SHARDING_SCRIPT, "ROUNDING SHARDING OK")

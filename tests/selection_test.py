@@ -1,9 +1,6 @@
 """Early memory selection [FH26c]: closed forms, estimators, the pilot."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -14,6 +11,7 @@ import pytest
 
 import balanced_optax as bo
 from balanced_optax import selection
+from tests.devices import run_on_8_devices
 
 SELECTION_GRID = (
   0.68377, 0.82217, 0.9, 0.94377, 0.96838, 0.98222, 0.99, 0.99438, 0.99684,
@@ -522,19 +520,4 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_fsdp_sharded_params_on_8_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  result = subprocess.run(
-    [sys.executable, "-c", _SHARDED_SCRIPT],
-    env=env,
-    cwd=root,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "SHARDED OK" in result.stdout
+  run_on_8_devices(_SHARDED_SCRIPT, "SHARDED OK")

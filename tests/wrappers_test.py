@@ -1,8 +1,5 @@
 """Composes with optax's wrappers, and shards like the params."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -10,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from absl.testing import parameterized
 
 import balanced_optax as bo
 from tests import streams
+from tests.devices import run_on_8_devices
 
 MAKERS = {
   "balanced_adam": lambda: bo.balanced_adam(1e-3, 0.9),
@@ -141,21 +140,9 @@ _SHARDING_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_state_follows_the_params_named_sharding_on_8_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  env["JAX_PLATFORMS"] = "cpu"
-  # Compiling dominates this test; XLA's optimizations change no assertion.
-  env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-  result = subprocess.run(
-    [sys.executable, "-c", _SHARDING_SCRIPT],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "SHARDING OK" in result.stdout
+  run_on_8_devices(_SHARDING_SCRIPT, "SHARDING OK")
 
 
 if __name__ == "__main__":

@@ -4,40 +4,19 @@ python -m examples.vit.main                        # configs/default.py, runs/vi
 python -m examples.vit.main --config=examples/vit/configs/tiny.py --workdir=/tmp/vit
 python -m examples.vit.main --config.optimizer=signum --config.learning_rate=1e-3
 
-``--config`` is a config file (``get_config()`` returns the config
-dataclass); every field can be overridden with ``--config.FIELD=VALUE``.
+Flags: see ``examples.common.app``.
 """
 
-import json
 import os
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app
 
+from examples.common import app as common_app
 from examples.vit import train
 
-_WORKDIR = flags.DEFINE_string(
-  "workdir", "runs/vit", "Checkpoints and metrics go here; a rerun resumes."
+main = common_app.define_main(
+  train.train_and_evaluate, os.path.dirname(__file__), "runs/vit"
 )
-_CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  os.path.join(os.path.dirname(__file__), "configs", "default.py"),
-  "Config file; override its fields with --config.FIELD=VALUE.",
-)
-
-
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    # Libraries raise absl's level to INFO (orbax logs every save);
-    # --verbosity=0 brings their messages back.
-    logging.set_verbosity(logging.WARNING)
-  metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if jax.process_index() == 0:  # one line per run, also when multi-process
-    print(json.dumps(metrics, sort_keys=True))
-
 
 if __name__ == "__main__":
   app.run(main)
