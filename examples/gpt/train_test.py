@@ -150,6 +150,7 @@ def auto_run(compilation_cache, tiny_config, tmp_path_factory, unoptimized_xla):
   return config, workdir, final, outputs
 
 
+@pytest.mark.slow
 def test_auto_chooses_beta_with_a_pilot_and_logs_it(auto_run):
   _, workdir, final, (first, _) = auto_run
   selection = json.loads((workdir / beta_lib.SELECTION_FILE).read_text())
@@ -165,6 +166,7 @@ def test_auto_chooses_beta_with_a_pilot_and_logs_it(auto_run):
   assert final["beta"] == beta
 
 
+@pytest.mark.slow
 def test_auto_trains_from_the_pilots_init_with_the_chosen_beta(
   auto_run, tmp_path, unoptimized_xla
 ):

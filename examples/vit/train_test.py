@@ -72,6 +72,7 @@ def auto_run(compilation_cache, tmp_path_factory, unoptimized_xla):
   return workdir, final
 
 
+@pytest.mark.slow
 def test_auto_picks_beta_and_trains_with_it(auto_run, tiny_run):
   workdir, final = auto_run
   selection = json.loads((workdir / beta_lib.SELECTION_FILE).read_text())
