@@ -6,7 +6,6 @@ distinct program is compiled once per test session, in this process or in the
 subprocesses the tests start (``subprocess_env``).
 """
 
-import contextlib
 import os
 import sys
 
@@ -63,25 +62,3 @@ def subprocess_env(compilation_cache_dir):
 @pytest.fixture(scope="session")
 def python() -> str:
   return sys.executable
-
-
-@pytest.fixture(scope="session")
-def unoptimized_xla():
-  """Returns a context manager under which XLA skips most optimisation passes.
-
-  For tiny programs that run a few dozen steps (the beta=auto pilot compiles
-  four): they compile several seconds faster each and compute the same
-  values to float rounding.
-  """
-  name = "jax_disable_most_optimizations"
-
-  @contextlib.contextmanager
-  def context():
-    saved = jax.config.values.get(name)
-    jax.config.update(name, True)
-    try:
-      yield
-    finally:
-      jax.config.update(name, saved)
-
-  return context

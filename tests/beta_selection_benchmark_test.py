@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
@@ -44,23 +43,13 @@ def test_train_grid_matches_separate_runs():
   assert np.all(both.best < both.val_loss[:, 0])
 
 
-@pytest.fixture
-def unoptimized_xla():
-  # The smoke run's time is mostly compiling (grid, untied grid, pilot,
-  # probes); what it asserts does not depend on XLA's optimisation passes.
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name)
-  jax.config.update(name, True)
-  try:
-    yield
-  finally:
-    jax.config.update(name, previous)
-
-
 @pytest.mark.slow
 def test_smoke_run_writes_results_and_figure(tmp_path, unoptimized_xla):
   out = tmp_path / "beta_selection.json"
-  report = beta_selection.main(["--size=smoke", f"--out={out}"])
+  # The smoke run's time is mostly compiling (grid, untied grid, pilot,
+  # probes); what it asserts does not depend on XLA's optimisation passes.
+  with unoptimized_xla():
+    report = beta_selection.main(["--size=smoke", f"--out={out}"])
   saved = json.loads(out.read_text())
   assert set(saved["workloads"]) == {"gpt_b16", "quadratic_b8"}
   for result in saved["workloads"].values():
