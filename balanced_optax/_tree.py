@@ -124,3 +124,12 @@ def abs2(x: jax.Array) -> jax.Array:
   if jnp.iscomplexobj(x):
     return x.real * x.real + x.imag * x.imag
   return x * x
+
+
+def hold_factor(beta, count):
+  """c_k / c_{k-1}: what keeps m / c (the debiased moment) where g is skipped.
+
+  At the first step the moments are zero and stay zero; any finite factor does.
+  """
+  c_now, c_before = 1 - beta**count, 1 - beta ** (count - 1)
+  return jnp.where(count > 1, c_now / jnp.where(count > 1, c_before, 1), 1)

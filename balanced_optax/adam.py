@@ -39,13 +39,6 @@ class ScaleSafeAdamState(NamedTuple):
   rms: optax.Updates
 
 
-def _abs_sq(g: jax.Array) -> jax.Array:
-  """|g|^2, real: the per-element norm optax.adam's second moment averages."""
-  if jnp.iscomplexobj(g):
-    return g.real * g.real + g.imag * g.imag
-  return g * g
-
-
 def _real_part(x: jax.Array) -> jax.Array:
   # A complex second moment (stored so, as optax.adam does) is real-valued.
   return x.real if jnp.iscomplexobj(x) else x
@@ -62,7 +55,7 @@ def _new_moments(g, m, second, out_dtype, *, beta, hold, scale_safe, guard_nonfi
     second_new = jnp.hypot(jnp.sqrt(1 - beta) * jnp.abs(g), jnp.sqrt(beta) * second)
     second_hold = jnp.sqrt(hold)
   else:
-    second_new = (1 - beta) * _abs_sq(g) + beta * second
+    second_new = (1 - beta) * _tree.abs2(g) + beta * second
     second_hold = hold
   if guard_nonfinite:
     # A non-finite g counts as the current debiased moments: m_k/c_k stays
@@ -270,15 +263,14 @@ def scale_by_balanced_adam(
       jax.tree.structure(updates), _tree.update_dtypes(updates, state.mu, params)
     )
     count = optax.safe_increment(state.count)
-    c_prev, c = 1 - beta ** (count - 1), 1 - beta**count
+    c = 1 - beta**count
     second = state.rms if scale_safe else state.nu
     new_moments = functools.partial(
       _new_moments,
       beta=beta,
-      # m_{k-1} c_k / c_{k-1} keeps the debiased mean. At k = 1 (c_0 = 0) the
-      # moments are 0 and any finite factor holds them; one scalar operand
+      # m_{k-1} c_k / c_{k-1} keeps the debiased mean; one scalar operand
       # keeps the moment kernels as simple as optax.adam's.
-      hold=c / jnp.maximum(c_prev, 1e-30),
+      hold=_tree.hold_factor(beta, count),
       scale_safe=scale_safe,
       guard_nonfinite=guard_nonfinite,
     )

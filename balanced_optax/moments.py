@@ -137,15 +137,6 @@ def _excess(second: jax.Array, mean: jax.Array) -> jax.Array:
   return jnp.where(jnp.isinf(second), second, jnp.maximum(second - _tree.abs2(mean), 0))
 
 
-def _hold_factor(beta, count):
-  """c_k / c_{k-1}: what keeps m / c (the debiased moment) where g is skipped.
-
-  At the first step the moments are zero and stay zero; any finite factor does.
-  """
-  c_now, c_before = 1 - beta**count, 1 - beta ** (count - 1)
-  return jnp.where(count > 1, c_now / jnp.where(count > 1, c_before, 1), 1)
-
-
 def tied_moments(
   beta: jax.typing.ArrayLike,
   debias: bool = True,
@@ -241,7 +232,7 @@ def tied_moments(
     mu = otu.update_moment(grads, old_mu, beta, 1)
     nu = otu.update_moment_per_elem_norm(grads, old_nu, beta, 2)
     if guard_nonfinite:
-      hold = _hold_factor(beta, count) if debias else 1
+      hold = _tree.hold_factor(beta, count) if debias else 1
       mu = _tree.where_finite(grads, mu, jax.tree.map(lambda m: m * hold, old_mu))
       nu = _tree.where_finite(grads, nu, jax.tree.map(lambda v: v * hold, old_nu))
     store = functools.partial(
