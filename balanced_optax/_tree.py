@@ -1,5 +1,6 @@
 """Small tree and dtype helpers shared by the transforms (private)."""
 
+import numbers
 from typing import Any
 
 import jax
@@ -124,6 +125,20 @@ def abs2(x: jax.Array) -> jax.Array:
   if jnp.iscomplexobj(x):
     return x.real * x.real + x.imag * x.imag
   return x * x
+
+
+def ema(beta, new: jax.Array, old: jax.Array) -> jax.Array:
+  """``(1 - beta) new + beta old``, one EMA step, with ``0 * inf = 0``.
+
+  With ``beta = 0`` the EMA has no memory, so a moment that overflowed to
+  inf at the last step (a finite gradient whose square overflows) must not
+  come back as ``0 * inf = NaN``. A static ``beta`` costs nothing extra; a
+  traced one adds one select.
+  """
+  if isinstance(beta, numbers.Real):
+    b = float(beta)
+    return new if b == 0 else (1 - b) * new + b * old
+  return (1 - beta) * new + jnp.where(beta == 0, jnp.zeros_like(old), beta * old)
 
 
 def hold_factor(beta, count):

@@ -48,14 +48,14 @@ def _new_moments(g, m, second, out_dtype, *, beta, hold, scale_safe, guard_nonfi
   """One leaf's new (m, second moment), computed in at least float32."""
   dtype = _tree.compute_dtype(jnp.promote_types(out_dtype, m.dtype))
   g, m, second = g.astype(dtype), m.astype(dtype), _real_part(second.astype(dtype))
-  m_new = (1 - beta) * g + beta * m
+  m_new = _tree.ema(beta, g, m)
   if scale_safe:
     # rms_k = sqrt(beta rms_{k-1}^2 + (1-beta) |g|^2) without forming |g|^2:
     # hypot (and the complex abs) rescale by the larger argument.
     second_new = jnp.hypot(jnp.sqrt(1 - beta) * jnp.abs(g), jnp.sqrt(beta) * second)
     second_hold = jnp.sqrt(hold)
   else:
-    second_new = (1 - beta) * _tree.abs2(g) + beta * second
+    second_new = _tree.ema(beta, _tree.abs2(g), second)
     second_hold = hold
   if guard_nonfinite:
     # A non-finite g counts as the current debiased moments: m_k/c_k stays

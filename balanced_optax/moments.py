@@ -229,8 +229,10 @@ def tied_moments(
     # overflowed moment (beta * (inf + 0j)) makes NaN.
     old_mu = _tree.upcast(state.mu)
     old_nu = jax.tree.map(jnp.real, _tree.upcast(state.nu))
-    mu = otu.update_moment(grads, old_mu, beta, 1)
-    nu = otu.update_moment_per_elem_norm(grads, old_nu, beta, 2)
+    # optax.tree.update_moment(_per_elem_norm) but for beta = 0, where an
+    # overflowed (inf) moment must be forgotten, not turned into 0 * inf.
+    mu = jax.tree.map(functools.partial(_tree.ema, beta), grads, old_mu)
+    nu = jax.tree.map(lambda g, v: _tree.ema(beta, _tree.abs2(g), v), grads, old_nu)
     if guard_nonfinite:
       hold = _tree.hold_factor(beta, count) if debias else 1
       mu = _tree.where_finite(grads, mu, jax.tree.map(lambda m: m * hold, old_mu))

@@ -235,6 +235,28 @@ class HugeGradientTest(chex.TestCase):
         np.testing.assert_allclose(u, want, rtol=1e-6)
         np.testing.assert_array_equal(u[:3], 0.0)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(path=("fused", "tied_moments", "variance_ema"), traced=(0, 1))
+  def test_memoryless_beta_forgets_an_overflowed_moment(self, path, traced):
+    # beta = 0 and a g whose square overflows: v = inf, then 0 * inf was NaN
+    # at the next step on the fused and tied paths (as in optax.adam, b2 = 0).
+    make = {
+      "fused": lambda beta: bo.scale_by_balanced_adam(beta, 0.0),
+      "tied_moments": lambda beta: optax.chain(
+        bo.tied_moments(beta), bo.snr_sign_step(0.0)
+      ),
+      "variance_ema": lambda beta: optax.chain(
+        bo.variance_ema(beta), bo.snr_sign_step(0.0)
+      ),
+    }[path]
+    tx = optax.inject_hyperparams(make)(beta=0.0) if traced else make(0.0)
+    gs = [jnp.array([2.7e19, 1.0], jnp.float32), jnp.array([-1.3e19, -2.0])]
+    state, update = tx.init(gs[0]), self.variant(tx.update)
+    u, state = update(gs[0], state)
+    u, state = update(gs[1], state)
+    # No memory: the step is the sign of the last gradient.
+    np.testing.assert_allclose(u, [-1.0, -1.0], rtol=1e-6)
+
   @parameterized.parameters(False, True)
   def test_huge_complex_gradients_never_give_nan(self, scale_safe):
     g = jnp.array([3e19 + 4e19j, 1.0 - 1.0j], jnp.complex64)
