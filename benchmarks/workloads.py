@@ -250,22 +250,26 @@ def sonnets_text() -> str:
   return text[start : text.index(last_line, start) + len(last_line)]
 
 
-def gpt_workload(
-  name: str = "gpt",
+class _Problem(NamedTuple):
+  """A workload less its recipe: see :class:`Workload`."""
+
+  init: Callable[[jax.Array], Any]
+  loss: Callable[[Any, Any], jax.Array]
+  train_batch: Callable[[Any, int], Any]
+  val_batch: Any
+
+
+def _gpt_problem(
+  batch_size: int,
   *,
   text: str | None = None,
-  batch_size: int = 16,
   block_size: int = 32,
   d_model: int = 32,
   num_layers: int = 2,
   num_heads: int = 2,
-  num_steps: int = 600,
-  eval_every: int = 30,
-  learning_rate: float = 6e-3,
-  weight_decay: float = 1e-4,
   val_windows: int = 256,
-) -> Workload:
-  """The character GPT of ``examples/gpt`` (``models.GPT``) as a workload."""
+) -> _Problem:
+  """The character GPT of ``examples/gpt`` (``models.GPT``)."""
   from flax import nnx
 
   from examples.gpt import input_pipeline, models
@@ -304,33 +308,12 @@ def gpt_workload(
     window = train_ids[s[:, None] + jnp.arange(block_size + 1)[None, :]]
     return {"inputs": window[:, :-1], "targets": window[:, 1:]}
 
-  return Workload(
-    name,
-    "gpt",
-    init,
-    loss,
-    train_batch,
-    val_batch,
-    learning_rate,
-    num_steps,
-    eval_every,
-    weight_decay,
-    1.0,
-    batch_size,
-  )
+  return _Problem(init, loss, train_batch, val_batch)
 
 
-def mlp_digits_workload(
-  name: str = "mlp_digits",
-  *,
-  batch_size: int = 32,
-  hidden: int = 128,
-  num_steps: int = 1000,
-  eval_every: int = 50,
-  learning_rate: float = 3e-3,
-  weight_decay: float = 1e-4,
-  label_noise: float = 0.1,
-) -> Workload:
+def _mlp_digits_problem(
+  batch_size: int, *, hidden: int = 128, label_noise: float = 0.1
+) -> _Problem:
   """A 64-hidden-hidden-10 GELU MLP on scikit-learn's digits, noisy labels."""
   from sklearn.datasets import load_digits
 
@@ -370,32 +353,12 @@ def mlp_digits_workload(
     i = jax.random.randint(key, (batch_size,), 0, x_train.shape[0])
     return x_train[i], y_train[i]
 
-  return Workload(
-    name,
-    "mlp",
-    init,
-    loss,
-    train_batch,
-    val_batch,
-    learning_rate,
-    num_steps,
-    eval_every,
-    weight_decay,
-    1.0,
-    batch_size,
-  )
+  return _Problem(init, loss, train_batch, val_batch)
 
 
-def quadratic_workload(
-  name: str = "quadratic",
-  *,
-  dim: int = 64,
-  batch_size: int = 8,
-  noise: float = 1.0,
-  num_steps: int = 1000,
-  eval_every: int = 50,
-  learning_rate: float = 3e-2,
-) -> Workload:
+def _quadratic_problem(
+  batch_size: int, *, dim: int = 64, noise: float = 1.0
+) -> _Problem:
   """Noisy linear regression with a heterogeneous feature spectrum.
 
   Features :math:`x \\sim N(0, \\mathrm{diag}(h))` with :math:`h` log-spaced
@@ -423,34 +386,50 @@ def quadratic_workload(
     y = x @ w_star + noise * jax.random.normal(ky, (batch_size,))
     return x, y
 
+  return _Problem(init, loss, train_batch, None)
+
+
+class _Recipe(NamedTuple):
+  """A kind's default recipe: the :class:`Workload` fields it overrides."""
+
+  batch_size: int
+  num_steps: int
+  eval_every: int
+  learning_rate: float
+  weight_decay: float
+  clip_norm: float | None
+
+
+_GPT = (_gpt_problem, _Recipe(16, 600, 30, 6e-3, 1e-4, 1.0))
+# Per kind: its problem, its default recipe, and the problem's fixed arguments
+# (a callable is called when the workload is made).
+_KINDS: dict[str, tuple[Callable[..., _Problem], _Recipe, dict[str, Any]]] = {
+  "gpt": (*_GPT, {}),
+  "gpt_sonnets": (*_GPT, {"text": sonnets_text}),
+  "mlp_digits": (_mlp_digits_problem, _Recipe(32, 1000, 50, 3e-3, 1e-4, 1.0), {}),
+  "quadratic": (_quadratic_problem, _Recipe(8, 1000, 50, 3e-2, 0.0, None), {}),
+}
+
+
+def make_workload(kind: str, name: str | None = None, **overrides) -> Workload:
+  """A workload by kind (see the module docstring), with field overrides.
+
+  ``overrides`` may set :class:`Workload`'s recipe fields (``num_steps``,
+  ``learning_rate``, ...) and the problem's own arguments (``d_model``,
+  ``hidden``, ``dim``, ...); ``name`` defaults to ``kind``.
+  """
+  if kind not in _KINDS:
+    raise ValueError(f"kind={kind!r} is not one of {', '.join(map(repr, _KINDS))}.")
+  problem, default, fixed = _KINDS[kind]
+  recipe = default._asdict()
+  recipe.update({k: v for k, v in overrides.items() if k in recipe})
+  args = {k: v() if callable(v) else v for k, v in fixed.items()}
+  args.update({k: v for k, v in overrides.items() if k not in recipe})
   return Workload(
-    name,
-    "quadratic",
-    init,
-    loss,
-    train_batch,
-    None,
-    learning_rate,
-    num_steps,
-    eval_every,
-    0.0,
-    None,
-    batch_size,
-  )
-
-
-def make_workload(kind: str, **overrides) -> Workload:
-  """A workload by kind (see the module docstring), with field overrides."""
-  if kind == "gpt":
-    return gpt_workload(**overrides)
-  if kind == "gpt_sonnets":
-    return gpt_workload(**{"name": "gpt_sonnets", "text": sonnets_text(), **overrides})
-  if kind == "mlp_digits":
-    return mlp_digits_workload(**overrides)
-  if kind == "quadratic":
-    return quadratic_workload(**overrides)
-  raise ValueError(
-    f"kind={kind!r} is not one of 'gpt', 'gpt_sonnets', 'mlp_digits', 'quadratic'."
+    name or kind,
+    kind.split("_")[0],  # gpt_sonnets is a gpt
+    *problem(recipe["batch_size"], **args),
+    **recipe,
   )
 
 
