@@ -57,7 +57,13 @@ def _stochastic_bfloat16(x: jax.Array, seed: jax.Array) -> jax.Array:
   the donated state.
   """
   raw = lax.bitcast_convert_type(x, jnp.uint32)
-  bits = mix(raw ^ seed)
+  # One odd multiply (Knuth's multiplicative hash), its top 16 bits: for a
+  # fixed value, (raw ^ seed) runs over all of uint32 as the seed does, so the
+  # bits are uniform over steps and the rounding unbiased; across a step they
+  # spread distinct values like a Weyl sequence. The full ``mix`` cost 1.7x
+  # optax's float32 step on two CPU cores, where the step is compute-bound;
+  # this one costs 1.2x.
+  bits = (raw ^ seed) * jnp.uint32(0x9E3779B1)
   raw = (raw + (bits >> 16)) & jnp.uint32(0xFFFF0000)  # Now exact in bfloat16.
   return lax.bitcast_convert_type(raw, jnp.float32).astype(jnp.bfloat16)
 

@@ -180,3 +180,18 @@ _SHARDING_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_jit_shard_map_and_one_device_store_the_same_bfloat16_state():
   run_on_8_devices(_SHARDING_SCRIPT, "ROUNDING SHARDING OK")
+
+
+def test_one_step_is_unbiased_across_elements_whatever_their_cut():
+  # Within one step, the bits must not correlate with the cut fraction (the
+  # low 16 bits that the rounding drops): the stored mean is the true mean.
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.uniform(1.0, 2.0, 200_000), jnp.float32)
+  ulp = 2.0**-7  # bfloat16's spacing on [1, 2)
+  for count in (1, 2, 1000):
+    stored = np.asarray(_store(x, count=count), np.float64)
+    error = stored - np.asarray(x, np.float64)
+    assert np.all(np.abs(error) < ulp)
+    # Each error is uniform-ish on (-ulp, ulp): the mean's standard error is
+    # below ulp / sqrt(3 n); allow five of them.
+    assert abs(error.mean()) < 5 * ulp / np.sqrt(3 * x.size), (count, error.mean())
