@@ -1,9 +1,24 @@
 """Fixtures shared by the library's tests (tests/) and the examples' (examples/)."""
 
 import contextlib
+import os
 
 import jax
 import pytest
+
+# A persistent compilation cache, so that a rerun (the edit-test loop)
+# compiles only the programs an edit changed: the suite's time is mostly XLA
+# compiling small programs, and a warm cache cuts a file's time by half or
+# more. The cache key is the program, the compile options and the jax/XLA
+# versions, so a stale entry cannot be served. JAX_COMPILATION_CACHE_DIR
+# overrides the place; an empty value turns the cache off.
+_CACHE = os.environ.get(
+  "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), ".jax_cache")
+)
+if _CACHE:
+  jax.config.update("jax_compilation_cache_dir", _CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +41,34 @@ def unoptimized_xla():
       jax.config.update(name, saved)
 
   return context
+
+
+def _family(item) -> tuple:
+  """The test function an item is a case of (pytest or absl parameters, chex
+  variants): its module, class and undecorated name."""
+  fn = getattr(item, "obj", None)
+  while hasattr(fn, "__wrapped__"):
+    fn = fn.__wrapped__
+  name = getattr(fn, "__name__", None) or getattr(item, "originalname", item.name)
+  if hasattr(item, "originalname") and item.originalname != item.name:
+    name = item.originalname  # pytest.mark.parametrize
+  cls = getattr(item, "cls", None)
+  return (item.module.__name__, cls.__name__ if cls else None, name)
+
+
+def pytest_collection_modifyitems(config, items):
+  """The fast tier (``-m "not slow"``) runs every test function once.
+
+  Of each parameterized test (pytest or absl parameters, chex variants) the
+  first case runs in the fast tier, jitted where it has a jitted variant;
+  its other cases are marked ``slow`` and run with everything else in the
+  full suite (README's test command, CI).
+  """
+  del config
+  ordered = sorted(items, key=lambda it: "without_jit" in it.name)  # stable
+  seen = set()
+  for item in ordered:
+    family = _family(item)
+    if family in seen:
+      item.add_marker(pytest.mark.slow)
+    seen.add(family)

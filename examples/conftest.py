@@ -1,9 +1,9 @@
 """Shared pytest fixtures for the example trainers' tests.
 
 Compiling a train step takes seconds on a CPU, running a tiny one
-milliseconds, so the tests share one persistent compilation cache: each
-distinct program is compiled once per test session, in this process or in the
-subprocesses the tests start (``subprocess_env``).
+milliseconds, so the tests share the root conftest's persistent compilation
+cache: each distinct program is compiled once (and not again on a rerun), in
+this process or in the subprocesses the tests start (``subprocess_env``).
 """
 
 import os
@@ -16,21 +16,26 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CACHE_FLAGS = {
   "jax_persistent_cache_min_compile_time_secs": 0,
-  "jax_persistent_cache_min_entry_size_bytes": 0,
+  "jax_persistent_cache_min_entry_size_bytes": -1,
 }
 
 
 @pytest.fixture(scope="session")
 def compilation_cache_dir(tmp_path_factory) -> str:
-  return str(tmp_path_factory.mktemp("jax_cache"))
+  """The root conftest's persistent cache, or a session one if it is off."""
+  return jax.config.jax_compilation_cache_dir or str(
+    tmp_path_factory.mktemp("jax_cache")
+  )
 
 
 @pytest.fixture(autouse=True, scope="session")
 def compilation_cache(compilation_cache_dir):
-  """Turns the persistent cache on for the session, then back off."""
+  """Makes sure the persistent cache is on for the trainers' tests."""
+  if jax.config.jax_compilation_cache_dir == compilation_cache_dir:
+    yield  # The root conftest turned it on for the whole session.
+    return
   names = [*_CACHE_FLAGS, "jax_compilation_cache_dir"]
-  # Some flags are attributes of jax.config, the others only in its values.
-  saved = {n: getattr(jax.config, n, jax.config.values.get(n)) for n in names}
+  saved = {n: jax.config.values.get(n) for n in names}
   for name, value in {
     **_CACHE_FLAGS,
     "jax_compilation_cache_dir": compilation_cache_dir,
