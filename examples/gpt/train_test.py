@@ -20,6 +20,9 @@ from examples.common import metrics as metrics_lib
 from examples.common.checkpoint import Checkpointer
 from examples.gpt import input_pipeline, train
 
+# End-to-end training runs (seconds each to compile): the full tier only.
+pytestmark = pytest.mark.slow
+
 # train_loss of the first step of the tiny config on the unseen corpus: the
 # loss of the initial parameters on batch 0. Near ln(vocab size) because the
 # initial logits are almost uniform.

@@ -15,6 +15,9 @@ from examples.common import beta as beta_lib
 from examples.vit import train
 from examples.vit.configs import tiny
 
+# End-to-end training runs (seconds each to compile): the full tier only.
+pytestmark = pytest.mark.slow
+
 # train_loss at step 20 of the tiny config (the first is ln 10 exactly: the
 # head starts at zero).
 GOLDEN_STEP_20_LOSS = 1.9818313
