@@ -1,6 +1,7 @@
 """Fixtures shared by the library's tests (tests/) and the examples' (examples/)."""
 
 import contextlib
+import importlib.util
 import os
 
 import jax
@@ -10,15 +11,23 @@ import pytest
 # compiles only the programs an edit changed: the suite's time is mostly XLA
 # compiling small programs, and a warm cache cuts a file's time by half or
 # more. The cache key is the program, the compile options and the jax/XLA
-# versions, so a stale entry cannot be served. JAX_COMPILATION_CACHE_DIR
-# overrides the place; an empty value turns the cache off.
+# versions, so a stale entry cannot be served. The xdist workers and the
+# subprocesses the tests start share it, so it needs jax's file lock, which
+# jax takes only when the cache has a size limit (and filelock is installed):
+# unlocked, a process can read an entry another one is still writing and
+# abort. JAX_COMPILATION_CACHE_DIR overrides the place; empty turns it off.
+CACHE_FLAGS = {
+  "jax_persistent_cache_min_compile_time_secs": 0,
+  "jax_persistent_cache_min_entry_size_bytes": -1,
+  "jax_compilation_cache_max_size": 4 * 2**30,
+}
 _CACHE = os.environ.get(
   "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), ".jax_cache")
 )
-if _CACHE:
+if _CACHE and importlib.util.find_spec("filelock") is not None:
   jax.config.update("jax_compilation_cache_dir", _CACHE)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  for _name, _value in CACHE_FLAGS.items():
+    jax.config.update(_name, _value)
 
 
 @pytest.fixture(scope="session")

@@ -11,53 +11,30 @@ import sys
 
 import jax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CACHE_FLAGS = {
-  "jax_persistent_cache_min_compile_time_secs": 0,
-  "jax_persistent_cache_min_entry_size_bytes": -1,
-}
+# The persistent-cache settings (the root conftest's) that subprocesses copy.
+_CACHE_SETTINGS = (
+  "jax_compilation_cache_dir",
+  "jax_persistent_cache_min_compile_time_secs",
+  "jax_persistent_cache_min_entry_size_bytes",
+  "jax_compilation_cache_max_size",
+)
 
 
 @pytest.fixture(scope="session")
-def compilation_cache_dir(tmp_path_factory) -> str:
-  """The root conftest's persistent cache, or a session one if it is off."""
-  return jax.config.jax_compilation_cache_dir or str(
-    tmp_path_factory.mktemp("jax_cache")
-  )
-
-
-@pytest.fixture(autouse=True, scope="session")
-def compilation_cache(compilation_cache_dir):
-  """Makes sure the persistent cache is on for the trainers' tests."""
-  if jax.config.jax_compilation_cache_dir == compilation_cache_dir:
-    yield  # The root conftest turned it on for the whole session.
-    return
-  names = [*_CACHE_FLAGS, "jax_compilation_cache_dir"]
-  saved = {n: jax.config.values.get(n) for n in names}
-  for name, value in {
-    **_CACHE_FLAGS,
-    "jax_compilation_cache_dir": compilation_cache_dir,
-  }.items():
-    jax.config.update(name, value)
-  jax_cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  jax_cache.reset_cache()
-
-
-@pytest.fixture(scope="session")
-def subprocess_env(compilation_cache_dir):
+def subprocess_env():
   """Returns ``env(**extra)``: an environment for ``python -m examples...``
-  subprocesses that imports this checkout and shares the compilation cache."""
+  subprocesses that imports this checkout and shares the compilation cache
+  (when the root conftest turned it on)."""
+  cache = {}
+  if jax.config.values.get("jax_compilation_cache_dir"):
+    cache = {name.upper(): str(jax.config.values[name]) for name in _CACHE_SETTINGS}
 
   def env(**extra: str) -> dict[str, str]:
     out = dict(os.environ)
     out["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, out.get("PYTHONPATH", "")])
-    out["JAX_COMPILATION_CACHE_DIR"] = compilation_cache_dir
-    out.update({k.upper(): str(v) for k, v in _CACHE_FLAGS.items()})
+    out.update(cache)
     out.update(extra)
     return out
 

@@ -93,7 +93,7 @@ def tiny_config(unseen_text_path):
 
 
 @pytest.fixture(scope="session")
-def reference_run(compilation_cache, tiny_config, tmp_path_factory):
+def reference_run(tiny_config, tmp_path_factory):
   """``(workdir, final_metrics, history)`` of the uninterrupted tiny run."""
   workdir = str(tmp_path_factory.mktemp("reference"))
   metrics = train.train_and_evaluate(tiny_config, workdir)

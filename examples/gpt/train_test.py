@@ -139,7 +139,7 @@ def test_command_line_overrides_and_refresh_rule(
 
 
 @pytest.fixture(scope="module")
-def auto_run(compilation_cache, tiny_config, tmp_path_factory, unoptimized_xla):
+def auto_run(tiny_config, tmp_path_factory, unoptimized_xla):
   """A tiny beta=auto run halted at step 20, then resumed to its end (40)."""
   config = dataclasses.replace(tiny_config, beta="auto", num_steps=40, **SMALL_PILOT)
   workdir = tmp_path_factory.mktemp("auto")

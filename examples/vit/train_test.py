@@ -24,7 +24,7 @@ GOLDEN_STEP_20_LOSS = 1.9818313
 
 
 @pytest.fixture(scope="module")
-def tiny_run(compilation_cache, tmp_path_factory):
+def tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("vit")
   config = dataclasses.replace(tiny.get_config(), progress_bar=False)
   final = train.train_and_evaluate(config, str(workdir))
@@ -67,7 +67,7 @@ AUTO_FIELDS = dict(beta="auto", num_steps=40, eval_every=40, **SMALL_PILOT)
 
 
 @pytest.fixture(scope="module")
-def auto_run(compilation_cache, tmp_path_factory, unoptimized_xla):
+def auto_run(tmp_path_factory, unoptimized_xla):
   workdir = tmp_path_factory.mktemp("vit_auto")
   config = dataclasses.replace(tiny.get_config(), progress_bar=False, **AUTO_FIELDS)
   with unoptimized_xla():
