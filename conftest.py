@@ -16,7 +16,7 @@ import pytest
 # jax takes only when the cache has a size limit (and filelock is installed):
 # unlocked, a process can read an entry another one is still writing and
 # abort. JAX_COMPILATION_CACHE_DIR overrides the place; empty turns it off.
-CACHE_FLAGS = {
+_CACHE_FLAGS = {
   "jax_persistent_cache_min_compile_time_secs": 0,
   "jax_persistent_cache_min_entry_size_bytes": -1,
   "jax_compilation_cache_max_size": 4 * 2**30,
@@ -26,7 +26,7 @@ _CACHE = os.environ.get(
 )
 if _CACHE and importlib.util.find_spec("filelock") is not None:
   jax.config.update("jax_compilation_cache_dir", _CACHE)
-  for _name, _value in CACHE_FLAGS.items():
+  for _name, _value in _CACHE_FLAGS.items():
     jax.config.update(_name, _value)
 
 
