@@ -1,33 +1,46 @@
 """Fixtures shared by the library's tests (tests/) and the examples' (examples/)."""
 
 import contextlib
-import importlib.util
 import os
 
+import hypothesis
 import jax
 import pytest
 
 # A persistent compilation cache, so that a rerun (the edit-test loop)
 # compiles only the programs an edit changed: the suite's time is mostly XLA
-# compiling small programs, and a warm cache cuts a file's time by half or
-# more. The cache key is the program, the compile options and the jax/XLA
-# versions, so a stale entry cannot be served. The xdist workers and the
-# subprocesses the tests start share it, so it needs jax's file lock, which
-# jax takes only when the cache has a size limit (and filelock is installed):
-# unlocked, a process can read an entry another one is still writing and
-# abort. JAX_COMPILATION_CACHE_DIR overrides the place; empty turns it off.
+# compiling small programs (the fast tier on 2 cores: about 110 s cold, 35 s
+# warm). The cache key is the program, the compile options and the jax/XLA
+# versions, so a stale entry cannot be served. The xdist workers share it;
+# the subprocesses the tests start get a directory per worker
+# (examples/conftest.py). It has no size limit on purpose: with one, jax
+# takes a file lock and rescans every entry at each write, which made a cold
+# fast tier 2.4x slower (262 s). Entries are compressed streams: a read that
+# races a write fails to decompress, in Python, and jax recompiles.
+# JAX_COMPILATION_CACHE_DIR overrides the place; empty turns the cache off.
 _CACHE_FLAGS = {
   "jax_persistent_cache_min_compile_time_secs": 0,
   "jax_persistent_cache_min_entry_size_bytes": -1,
-  "jax_compilation_cache_max_size": 4 * 2**30,
 }
 _CACHE = os.environ.get(
   "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), ".jax_cache")
 )
-if _CACHE and importlib.util.find_spec("filelock") is not None:
+if _CACHE:
   jax.config.update("jax_compilation_cache_dir", _CACHE)
   for _name, _value in _CACHE_FLAGS.items():
     jax.config.update(_name, _value)
+
+
+def pytest_configure(config):
+  """The fast tier draws the same hypothesis examples on every run.
+
+  Its programs are then the ones the compilation cache already holds, so a
+  rerun compiles only what an edit changed. The full suite (CI) keeps
+  hypothesis' fresh random draws.
+  """
+  if config.getoption("markexpr") == "not slow":
+    hypothesis.settings.register_profile("fast_tier", derandomize=True)
+    hypothesis.settings.load_profile("fast_tier")
 
 
 @pytest.fixture(scope="session")

@@ -18,18 +18,23 @@ _CACHE_SETTINGS = (
   "jax_compilation_cache_dir",
   "jax_persistent_cache_min_compile_time_secs",
   "jax_persistent_cache_min_entry_size_bytes",
-  "jax_compilation_cache_max_size",
 )
 
 
 @pytest.fixture(scope="session")
 def subprocess_env():
   """Returns ``env(**extra)``: an environment for ``python -m examples...``
-  subprocesses that imports this checkout and shares the compilation cache
-  (when the root conftest turned it on)."""
+  subprocesses that imports this checkout and uses a compilation cache
+  (when the root conftest turned it on): one directory per xdist worker, so
+  that only the processes one test starts share it (and write it one after
+  another, or only the first process of a multi-process run)."""
   cache = {}
   if jax.config.values.get("jax_compilation_cache_dir"):
     cache = {name.upper(): str(jax.config.values[name]) for name in _CACHE_SETTINGS}
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    cache["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+      cache["JAX_COMPILATION_CACHE_DIR"], f"subprocesses-{worker}"
+    )
 
   def env(**extra: str) -> dict[str, str]:
     out = dict(os.environ)
