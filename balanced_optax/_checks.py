@@ -116,26 +116,16 @@ def float_or_array(x: np.ndarray) -> float | np.ndarray:
   return float(x) if x.ndim == 0 else x
 
 
-def check_interval(
-  name: str,
-  value: Any,
-  low: float,
-  high: float = math.inf,
-  *,
-  high_open: bool = False,
-) -> None:
-  """For a scalar hyperparameter: ValueError unless ``low <= value <= high``
-  (``< high`` if open; ``high=inf`` is always open) or when it is not a real
-  scalar; nothing when it is traced.
+def check_interval(name: str, value: Any, *interval: float, **ends: bool) -> None:
+  """For a scalar hyperparameter: ValueError unless it is a real scalar in
+  ``interval`` (``low, high=inf``, ends as :func:`in_interval`'s); nothing
+  when it is traced.
   """
   if isinstance(value, jax.core.Tracer):
     return
-  high_open = high_open or math.isinf(high)
-  interval = _interval(low, high, False, high_open)
-  array = real_array(name, value, f"a number in {interval}")
+  array = in_interval(name, value, *interval, **ends)
   if array.ndim != 0:
     raise ValueError(f"{name} must be a scalar, got shape {array.shape}.")
-  in_interval(name, value, low, high, high_open=high_open)
 
 
 def check_beta(name: str, value: Any) -> None:

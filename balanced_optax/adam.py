@@ -233,12 +233,8 @@ def scale_by_balanced_adam(
     [-0.001       0.001      -0.00089216]
 
   References:
-    Fernandez-Hernandez et al., `Why Adam Works Better with beta1 = beta2: The
-    Missing Gradient Scale Invariance Principle
-    <https://arxiv.org/abs/2601.21739>`_, 2026.
-
-    Orvieto & Gower, `In Search of Adam's Secret Sauce
-    <https://arxiv.org/abs/2505.21829>`_, 2025.
+    The papers on balanced Adam are cited in
+    :func:`~balanced_optax.balanced_adam`.
 
     Dozat, `Incorporating Nesterov Momentum into Adam
     <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.

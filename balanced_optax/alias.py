@@ -1,5 +1,6 @@
 """Balanced Adam optimizers, as chains of the transforms (like optax.alias)."""
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -8,6 +9,14 @@ import optax
 
 from balanced_optax import _checks
 from balanced_optax.adam import scale_by_balanced_adam
+
+# The aliases take every argument of the fused transform under its name.
+_FUSED_ARGUMENTS = tuple(inspect.signature(scale_by_balanced_adam).parameters)
+
+
+def _fused(arguments: dict[str, Any]) -> optax.GradientTransformation:
+  """scale_by_balanced_adam called with its arguments out of an alias' own."""
+  return scale_by_balanced_adam(**{name: arguments[name] for name in _FUSED_ARGUMENTS})
 
 
 def balanced_adam(
@@ -92,19 +101,8 @@ def balanced_adam(
     <https://arxiv.org/abs/2505.21829>`_, 2025.
   """
   _checks.check_learning_rate(learning_rate)
-  return optax.chain(
-    scale_by_balanced_adam(
-      beta,
-      eps,
-      eps_root=eps_root,
-      nesterov=nesterov,
-      state_dtype=state_dtype,
-      scale_safe=scale_safe,
-      guard_nonfinite=guard_nonfinite,
-      stochastic_rounding=stochastic_rounding,
-    ),
-    optax.scale_by_learning_rate(learning_rate),
-  )
+  direction = _fused(locals())
+  return optax.chain(direction, optax.scale_by_learning_rate(learning_rate))
 
 
 def balanced_adamw(
@@ -179,19 +177,11 @@ def balanced_adamw(
     <https://arxiv.org/abs/2601.21739>`_, 2026.
   """
   _checks.check_learning_rate(learning_rate)
+  direction = _fused(locals())
   if not callable(weight_decay):
     _checks.check_interval("weight_decay", weight_decay, 0.0)
   return optax.chain(
-    scale_by_balanced_adam(
-      beta,
-      eps,
-      eps_root=eps_root,
-      nesterov=nesterov,
-      state_dtype=state_dtype,
-      scale_safe=scale_safe,
-      guard_nonfinite=guard_nonfinite,
-      stochastic_rounding=stochastic_rounding,
-    ),
+    direction,
     optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),
   )

@@ -32,6 +32,14 @@ Example:
 References:
   [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
   Adam, arXiv 2605.10119, 2026.
+
+  [FH26c] Fernandez-Hernandez et al., Early Memory Selection for Balanced
+  Adam, 2026.
+
+  [B23] Busbridge et al., How to Scale Your EMA, NeurIPS 2023.
+
+  [Z22] Zhang et al., Adam Can Converge Without Any Modification on Update
+  Rules, arXiv 2208.09632, NeurIPS 2022.
 """
 
 import math
@@ -89,10 +97,6 @@ def snap_beta(
     0.94377 0.96838
     >>> print(bo.snap_beta([0.5, 0.97], grid=(0.9, 0.99)))
     [0.9  0.99]
-
-  References:
-    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
-    Adam, arXiv 2605.10119, 2026.
   """
   b = _checks.unit_interval("beta", beta)
   return _checks.float_or_array(_nearest(b, _checks.beta_grid("grid", grid)))
@@ -124,10 +128,6 @@ def memory_horizon(beta: ArrayLike) -> float | np.ndarray:
     >>> import balanced_optax as bo
     >>> print(round(bo.memory_horizon(0.95), 6))
     20.0
-
-  References:
-    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
-    Adam, arXiv 2605.10119, 2026.
   """
   return _checks.float_or_array(1.0 / (1.0 - _checks.unit_interval("beta", beta)))
 
@@ -152,10 +152,6 @@ def half_life(beta: ArrayLike) -> float | np.ndarray:
     >>> import balanced_optax as bo
     >>> print(round(bo.half_life(0.95), 3))
     13.513
-
-  References:
-    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
-    Adam, arXiv 2605.10119, 2026.
   """
   b = _checks.unit_interval("beta", beta)
   with np.errstate(divide="ignore"):  # log(0) = -inf gives a half-life of 0.
@@ -186,10 +182,6 @@ def beta_from_half_life(steps: ArrayLike) -> float | np.ndarray:
     >>> import balanced_optax as bo
     >>> print(round(bo.beta_from_half_life(13.513), 4))
     0.95
-
-  References:
-    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
-    Adam, arXiv 2605.10119, 2026.
   """
   s = _checks.in_interval("steps", steps, 0.0, low_open=True)
   beta = np.exp2(-1.0 / s)
@@ -221,10 +213,6 @@ def refresh_count(beta: ArrayLike, t_es: ArrayLike) -> float | np.ndarray:
     >>> import balanced_optax as bo
     >>> print(round(bo.refresh_count(0.95, 20_000), 6))
     1000.0
-
-  References:
-    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
-    Adam, arXiv 2605.10119, 2026.
   """
   b = _checks.unit_interval("beta", beta)
   t = _checks.in_interval("t_es", t_es, 0.0, low_open=True)
@@ -295,13 +283,6 @@ def beta_from_refresh(
     ...   bo.beta_from_refresh(500, beta_range=(0.68377, 0.999)),
     ... )
     0.0 0.68377
-
-  References:
-    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
-    Adam, arXiv 2605.10119, 2026.
-
-    [FH26c] Fernandez-Hernandez et al., Early Memory Selection for Balanced
-    Adam, 2026.
   """
   r = _checks.in_interval("refresh", refresh, 0.0, low_open=True)
   t = _checks.in_interval("t_es", t_es, 0.0, low_open=True)
@@ -350,9 +331,6 @@ def scale_beta_for_batch(beta: ArrayLike, kappa: ArrayLike) -> float | np.ndarra
     >>> import balanced_optax as bo
     >>> print(round(bo.scale_beta_for_batch(0.99, kappa=4), 6))
     0.960596
-
-  References:
-    [B23] Busbridge et al., How to Scale Your EMA, NeurIPS 2023.
   """
   b = _checks.unit_interval("beta", beta)
   k = _checks.in_interval("kappa", kappa, 0.0, low_open=True)
@@ -411,10 +389,6 @@ def in_convergence_region(
     >>> ok, reason = bo.in_convergence_region(0.95, 0.95, beta2_critical=0.9)
     >>> print(ok, "|", reason)
     True | beta1 = 0.95 < sqrt(beta2) = 0.974679; beta2 = 0.95 >= beta2* = 0.9.
-
-  References:
-    [Z22] Zhang et al., Adam Can Converge Without Any Modification on Update
-    Rules, arXiv 2208.09632, NeurIPS 2022.
   """
   b1, b2 = _scalar_beta("beta1", beta1), _scalar_beta("beta2", beta2)
   root = math.sqrt(b2)
@@ -551,10 +525,6 @@ def estimate_effective_horizon(
     >>> t_es = bo.estimate_effective_horizon(val, steps)
     >>> print(t_es, round(bo.beta_from_refresh(t_es, grid=bo.BETA_GRID), 3))
     6000.0 0.822
-
-  References:
-    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
-    Adam, arXiv 2605.10119, 2026.
   """
   losses = _checks.real_array("val_losses", val_losses, "real numbers")
   losses = losses.astype(np.float64)

@@ -1,5 +1,8 @@
 """balanced_adam and balanced_adamw against optax.adam / optax.adamw with b1 = b2."""
 
+import inspect
+from unittest import mock
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -165,6 +168,40 @@ class NesterovEpsRootTest(chex.TestCase):
     for kwargs in (dict(nesterov=True), dict(eps_root=1e-1)):
       other, _ = streams.reference(bo.balanced_adam(1e-2, 0.9, **kwargs), grads, params)
       self.assertGreater(np.abs(other["w"] - plain["w"]).max(), 1e-4)
+
+
+class ForwardingTest(parameterized.TestCase):
+  """The aliases pass every option of scale_by_balanced_adam on, unchanged."""
+
+  @parameterized.parameters(bo.balanced_adam, bo.balanced_adamw)
+  def test_every_fused_option_reaches_the_fused_transform(self, alias):
+    fused = inspect.signature(bo.scale_by_balanced_adam).parameters
+    options = inspect.signature(alias).parameters
+    # Same names and defaults, so that a call ports between them.
+    for name, parameter in fused.items():
+      self.assertEqual(options[name].default, parameter.default, name)
+    # Values unlike every default, to see each one arrive.
+    values = dict(
+      beta=0.5,
+      eps=1e-3,
+      eps_root=1e-4,
+      nesterov=True,
+      state_dtype="bfloat16",
+      scale_safe=True,
+      guard_nonfinite=False,
+      stochastic_rounding=False,
+    )
+    self.assertEqual(set(values), set(fused))
+    calls = []
+    original = bo.alias.scale_by_balanced_adam
+
+    def spy(*args, **kwargs):
+      calls.append(kwargs)
+      return original(*args, **kwargs)
+
+    with mock.patch.object(bo.alias, "scale_by_balanced_adam", spy):
+      alias(1e-3, **values)
+    self.assertEqual(calls, [values])
 
 
 if __name__ == "__main__":
