@@ -1,9 +1,10 @@
 """Shared pytest fixtures for the example trainers' tests.
 
 Compiling a train step takes seconds on a CPU, running a tiny one
-milliseconds, so the tests share the root conftest's persistent compilation
-cache: each distinct program is compiled once (and not again on a rerun), in
-this process or in the subprocesses the tests start (``subprocess_env``).
+milliseconds, so the tests use the root conftest's persistent compilation
+cache: each distinct program is compiled once (and not again on a rerun). The
+subprocesses the tests start (``subprocess_env``) keep theirs in a directory
+of their xdist worker's.
 """
 
 import os
