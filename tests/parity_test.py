@@ -99,8 +99,12 @@ def _chain(estimator, eps):
   return optax.chain(estimator, bo.snr_sign_step(eps), optax.scale_by_learning_rate(LR))
 
 
-def _paths(eps, wrappers=True, bf16_state=True):
-  """Every path of ours, and optax's counterpart of each."""
+def _paths(eps, wrappers=True, bf16_state=True, accumulator_dtype=None):
+  """Every path of ours, and optax's counterpart of each.
+
+  MultiSteps accumulates in ``accumulator_dtype``: complex params need theirs,
+  since optax's default accumulator drops the imaginary part (wrappers_test).
+  """
   ours = {
     "fused": bo.balanced_adam(LR, BETA, eps),
     "tied_moments": _chain(bo.tied_moments(BETA), eps),
@@ -110,7 +114,7 @@ def _paths(eps, wrappers=True, bf16_state=True):
       learning_rate=LR, beta=BETA, eps=eps
     ),
     "multi_steps": optax.MultiSteps(
-      bo.balanced_adam(LR, BETA, eps), 2
+      bo.balanced_adam(LR, BETA, eps), 2, accumulator_dtype=accumulator_dtype
     ).gradient_transformation(),
     "masked": optax.masked(bo.balanced_adam(LR, BETA, eps), MASK),
     "partition": optax.partition(
@@ -134,7 +138,9 @@ def _paths(eps, wrappers=True, bf16_state=True):
     "inject_hyperparams": optax.inject_hyperparams(optax.adam)(
       learning_rate=LR, b1=BETA, b2=BETA, eps=eps
     ),
-    "multi_steps": optax.MultiSteps(adam(), 2).gradient_transformation(),
+    "multi_steps": optax.MultiSteps(
+      adam(), 2, accumulator_dtype=accumulator_dtype
+    ).gradient_transformation(),
     "masked": optax.masked(adam(), MASK),
     "partition": optax.partition({"fused": adam(), "chain": adam()}, LABELS),
   }
@@ -158,7 +164,11 @@ def _matrix_fn(eps, wrappers, bf16_state, with_optax):
   """One compiled function: every path at every scale (leading axis)."""
 
   def run_all(params, grads):
-    ours, theirs = _paths(eps, wrappers, bf16_state)
+    dtype = jax.tree.leaves(params)[0].dtype
+    complex_params = jnp.issubdtype(dtype, jnp.complexfloating)
+    ours, theirs = _paths(
+      eps, wrappers, bf16_state, accumulator_dtype=dtype if complex_params else None
+    )
     if not with_optax:
       theirs = {}
     every = {

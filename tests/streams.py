@@ -66,7 +66,9 @@ def assert_leafwise_close(got, want, rtol):
   for (path, g), w in zip(
     jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), strict=True
   ):
-    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    # complex128 for complex leaves: float64 would drop the imaginary part.
+    wide = np.complex128 if np.iscomplexobj(g) or np.iscomplexobj(w) else np.float64
+    g, w = np.asarray(g, wide), np.asarray(w, wide)
     assert g.shape == w.shape, (path, g.shape, w.shape)
     if g.size == 0:
       continue

@@ -55,6 +55,33 @@ class WrappersTest(chex.TestCase):
     moved = np.abs(got["w"]).sum(axis=(1, 2)) > 0
     np.testing.assert_array_equal(moved, np.arange(40) % 4 == 3)  # Every 4th step.
 
+  def test_multi_steps_on_complex_params_needs_the_accumulator_dtype(self):
+    # optax.MultiSteps' default accumulator (accumulator_dtype=None) casts the
+    # running sum to a real dtype between emissions, dropping the imaginary
+    # part of complex gradients (optax 0.2.8; its DeprecationWarning says so).
+    # With the params' complex dtype it averages them: each emitted update is
+    # balanced_adam's on the mean of the k gradients.
+    params = {"z": jnp.zeros((3, 2), jnp.complex64)}
+    rng = np.random.default_rng(23)
+    grads = [
+      {
+        "z": jnp.asarray(
+          rng.normal(size=(3, 2)) + 1j * rng.normal(size=(3, 2)), jnp.complex64
+        )
+      }
+      for _ in range(12)
+    ]
+    tx = optax.MultiSteps(
+      bo.balanced_adam(1e-2, 0.9), 3, accumulator_dtype=jnp.complex64
+    )
+    got, _ = streams.reference(tx, grads, params)
+    means = [
+      jax.tree.map(lambda *g: sum(g) / 3, *grads[i : i + 3]) for i in range(0, 12, 3)
+    ]
+    want, _ = streams.reference(bo.balanced_adam(1e-2, 0.9), means, params)
+    streams.assert_leafwise_close(jax.tree.map(lambda u: u[2::3], got), want, rtol=1e-5)
+    self.assertGreater(float(np.abs(np.asarray(want["z"]).imag).max()), 1e-3)
+
   @parameterized.parameters(True, False)
   def test_apply_if_finite_skips_a_nan_step_and_keeps_the_state(self, guard):
     params = streams.nested_params()
