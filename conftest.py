@@ -9,14 +9,14 @@ import pytest
 
 # A persistent compilation cache, so that a rerun (the edit-test loop)
 # compiles only the programs an edit changed: the suite's time is mostly XLA
-# compiling small programs (the fast tier on 2 cores: about 110 s cold, 35 s
-# warm). The cache key is the program, the compile options and the jax/XLA
+# compiling small programs (README.md gives the fast tier's cold and warm
+# times). The cache key is the program, the compile options and the jax/XLA
 # versions, so a stale entry cannot be served. The xdist workers share it;
 # the subprocesses the tests start get a directory per worker
 # (examples/conftest.py). It has no size limit on purpose: with one, jax
 # takes a file lock and rescans every entry at each write, which made a cold
-# fast tier 2.4x slower (262 s). Entries are compressed streams: a read that
-# races a write fails to decompress, in Python, and jax recompiles.
+# fast tier 2.4x slower. Entries are compressed streams: a read that races a
+# write fails to decompress, in Python, and jax recompiles.
 # JAX_COMPILATION_CACHE_DIR overrides the place; empty turns the cache off.
 _CACHE_FLAGS = {
   "jax_persistent_cache_min_compile_time_secs": 0,
