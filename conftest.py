@@ -31,15 +31,28 @@ if _CACHE:
     jax.config.update(_name, _value)
 
 
-def pytest_configure(config):
-  """The fast tier draws the same hypothesis examples on every run.
+# Hypothesis draws 20 examples per property in the full suite (README's test
+# command, CI). The fast tier draws 5, the same ones on every run: its
+# programs are then the ones the compilation cache already holds, so a rerun
+# compiles only what an edit changed. A test may still ask for fewer.
+hypothesis.settings.register_profile(
+  "suite",
+  max_examples=20,
+  deadline=None,
+  suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.register_profile(
+  "fast_tier",
+  parent=hypothesis.settings.get_profile("suite"),
+  max_examples=5,
+  derandomize=True,
+)
+hypothesis.settings.load_profile("suite")
 
-  Its programs are then the ones the compilation cache already holds, so a
-  rerun compiles only what an edit changed. The full suite (CI) keeps
-  hypothesis' fresh random draws.
-  """
+
+def pytest_configure(config):
+  """The fast tier (``-m "not slow"``) loads hypothesis' ``fast_tier`` profile."""
   if config.getoption("markexpr") == "not slow":
-    hypothesis.settings.register_profile("fast_tier", derandomize=True)
     hypothesis.settings.load_profile("fast_tier")
 
 

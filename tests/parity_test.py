@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl.testing import absltest, parameterized
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import balanced_optax as bo
@@ -375,7 +375,7 @@ def _pair_fn(path):
   return jax.jit(run)
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4)  # each example compiles every path: fewer than the profile's
 @given(
   shapes=st.lists(st.sampled_from(SHAPE_MENU), min_size=1, max_size=3),
   dtype=st.sampled_from((jnp.float32, jnp.complex64)),

@@ -4,18 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import balanced_optax as bo
 from tests import streams
 
 # A small menu of shapes (scalars and empty arrays included) keeps JAX's
-# per-shape compilation cache warm, so each example costs milliseconds.
+# per-shape compilation cache warm, so each example costs milliseconds. The
+# number of examples is the profile's (conftest.py): 20, or 5 in the fast tier.
 SHAPES = ((), (0,), (3,), (2, 3), (1, 0, 2), (4, 1))
-SETTINGS = settings(
-  max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
 
 
 @st.composite
@@ -39,7 +37,6 @@ def _all_finite(tree):
   return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
 
 
-@SETTINGS
 @given(problems(), st.booleans(), st.sampled_from((None, jnp.bfloat16, jnp.float32)))
 def test_finite_inputs_never_give_nan_or_inf(problem, scale_safe, state_dtype):
   params, grads, beta, eps = problem
@@ -50,7 +47,6 @@ def test_finite_inputs_never_give_nan_or_inf(problem, scale_safe, state_dtype):
     assert u.dtype == p.dtype  # Updates come back in the params' dtype.
 
 
-@SETTINGS
 @given(problems(dtypes=(jnp.float32,), max_log_scale=30))
 def test_scale_safe_is_finite_across_float32s_range(problem):
   params, grads, beta, eps = problem
@@ -59,7 +55,6 @@ def test_scale_safe_is_finite_across_float32s_range(problem):
   assert _all_finite(updates) and _all_finite(state)
 
 
-@SETTINGS
 @given(problems(), st.sampled_from((bo.tied_moments, bo.variance_ema)), st.booleans())
 def test_estimated_variance_is_never_negative(problem, estimator, debias):
   params, grads, beta, _ = problem
@@ -70,7 +65,6 @@ def test_estimated_variance_is_never_negative(problem, estimator, debias):
   assert _all_finite(moments) and _all_finite(state)
 
 
-@SETTINGS
 @given(
   problems(
     dtypes=(jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64), max_log_scale=6
@@ -100,7 +94,6 @@ def test_fused_and_composed_paths_agree(problem, estimator_name):
     )
 
 
-@SETTINGS
 @given(
   problems(dtypes=(jnp.float32, jnp.complex64), max_log_scale=30),
   st.sampled_from((bo.tied_moments, bo.variance_ema)),
@@ -116,7 +109,6 @@ def test_composed_paths_never_turn_finite_gradients_into_nan(problem, estimator)
   assert not any(bool(jnp.isnan(x).any()) for x in jax.tree.leaves(state))
 
 
-@SETTINGS
 @given(
   problems(dtypes=(jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64)),
   st.sampled_from((bo.tied_moments, bo.variance_ema)),

@@ -4,6 +4,7 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,6 +18,7 @@ def _load_quickstart():
   return module
 
 
+@pytest.mark.slow  # an end-to-end run: 150 steps of two optimizers
 def test_quickstart_trains_both_optimizers(capsys):
   results = _load_quickstart().main(["--steps=150"])
   assert len(results) == 2
