@@ -9,13 +9,14 @@ reads a number that holds even at the tiny size. To add a notebook, append a
 
 import json
 import math
-import os
 import pathlib
 
 import nbclient
 import nbformat
 import numpy as np
 import pytest
+
+from tests import subprocesses
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO / "notebooks"
@@ -135,16 +136,7 @@ NOTEBOOKS = [
 @pytest.mark.parametrize(
   ("name", "check", "env"), NOTEBOOKS, ids=[p.values[0] for p in NOTEBOOKS]
 )
-def test_notebook_runs_tiny(name, check, env, tmp_path, monkeypatch):
-  monkeypatch.setenv("NOTEBOOK_SIZE", "tiny")
-  for key, value in env.items():
-    monkeypatch.setenv(key, value)
-  # The kernel inherits this environment: make the checkout importable even
-  # when balanced_optax is not installed.
-  pythonpath = os.environ.get("PYTHONPATH")
-  monkeypatch.setenv(
-    "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), pythonpath]))
-  )
+def test_notebook_runs_tiny(name, check, env, tmp_path):
   notebook = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
   client = nbclient.NotebookClient(
     notebook,
@@ -152,6 +144,8 @@ def test_notebook_runs_tiny(name, check, env, tmp_path, monkeypatch):
     kernel_name="python3",
     resources={"metadata": {"path": str(tmp_path)}},
   )
-  client.execute()  # raises CellExecutionError on the first failing cell
+  # The kernel imports this checkout even where balanced_optax is not
+  # installed (tests/subprocesses.py).
+  client.execute(env=subprocesses.environ(NOTEBOOK_SIZE="tiny", **env))
   assert (tmp_path / f"{name}.png").stat().st_size > 0
   check(json.loads((tmp_path / f"{name}_results.json").read_text()))

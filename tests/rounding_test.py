@@ -9,7 +9,7 @@ import pytest
 
 import balanced_optax as bo
 from balanced_optax import _rounding
-from tests.devices import run_on_8_devices
+from tests.subprocesses import run_on_8_devices
 
 
 def _quarter_ulp_up(dtype=jnp.float32):

@@ -11,7 +11,7 @@ import pytest
 
 import balanced_optax as bo
 from balanced_optax import selection
-from tests.devices import run_on_8_devices
+from tests.subprocesses import run_on_8_devices
 
 SELECTION_GRID = (
   0.68377, 0.82217, 0.9, 0.94377, 0.96838, 0.98222, 0.99, 0.99438, 0.99684,

@@ -12,7 +12,7 @@ from absl.testing import parameterized
 
 import balanced_optax as bo
 from tests import streams
-from tests.devices import run_on_8_devices
+from tests.subprocesses import run_on_8_devices
 
 MAKERS = {
   "balanced_adam": lambda: bo.balanced_adam(1e-3, 0.9),
