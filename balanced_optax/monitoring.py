@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.tree_util import DictKey, GetAttrKey
 
-from balanced_optax import _tree
+from balanced_optax import _checks, _tree
 from balanced_optax.adam import ScaleSafeAdamState
 from balanced_optax.moments import GradientMoments, VarianceEmaState
 
@@ -136,6 +136,11 @@ def moment_statistics(
   Returns:
     A flat dict of scalar arrays with the keys above.
 
+  Raises:
+    ValueError: if ``eps`` is not a real number >= 0, ``moments.mean`` and
+      ``moments.variance`` differ in tree structure or in a leaf's shape, or
+      they hold no coordinates.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import balanced_optax as bo
@@ -161,10 +166,20 @@ def moment_statistics(
       f" {type(moments).__name__}; moments_from_state returns None when the"
       " optimizer state holds no Adam moments."
     )
-  mean_leaves = jax.tree_util.tree_flatten_with_path(moments.mean)[0]
-  variance_leaves = jax.tree.leaves(moments.variance)
-  if len(mean_leaves) != len(variance_leaves):
-    raise ValueError("moments.mean and moments.variance have different trees.")
+  _checks.check_interval("eps", eps, 0.0)
+  mean_leaves, treedef = jax.tree_util.tree_flatten_with_path(moments.mean)
+  variance_leaves, variance_treedef = jax.tree.flatten(moments.variance)
+  if treedef != variance_treedef:
+    raise ValueError(
+      "moments.mean and moments.variance have different trees:"
+      f"\n  mean:     {treedef}\n  variance: {variance_treedef}"
+    )
+  for (path, m), v in zip(mean_leaves, variance_leaves, strict=True):
+    if jnp.shape(m) != jnp.shape(v):
+      raise ValueError(
+        f"moments.mean and moments.variance differ in shape at {_leaf_name(path)}:"
+        f" {jnp.shape(m)} and {jnp.shape(v)}."
+      )
   stats: dict[str, jax.Array] = {}
   totals: dict[str, jax.Array] = {}
   snr_leaves: list[jax.Array] = []
@@ -189,7 +204,7 @@ def moment_statistics(
 def _fields(node) -> dict[str, Any] | None:
   """A node's fields by name, if it is a NamedTuple or a mapping (else None)."""
   if isinstance(node, tuple) and hasattr(node, "_fields"):
-    return node._asdict()  # type: ignore[attr-defined]  # a NamedTuple  # type: ignore[attr-defined]  # a NamedTuple
+    return node._asdict()  # type: ignore[attr-defined]  # a NamedTuple
   if isinstance(node, collections.abc.Mapping):
     return dict(node)
   return None
@@ -291,6 +306,28 @@ def _resolve_betas(found: _Found, beta) -> tuple[Any, Any] | None:
   return found.hyperparam_betas
 
 
+def _check_beta_argument(beta) -> None:
+  """ValueError unless ``beta`` is None, a memory in [0, 1), a pair of them or
+  a mapping from labels to either (traced values pass; they are jit's)."""
+  entries = (
+    beta.items() if isinstance(beta, collections.abc.Mapping) else [(None, beta)]
+  )
+  for label, value in entries:
+    name = "beta" if label is None else f"beta[{label!r}]"
+    if value is None and label is None:
+      continue
+    if isinstance(value, tuple | list):
+      if len(value) != 2:
+        raise ValueError(
+          f"{name} must be a memory in [0.0, 1.0) or a pair (beta1, beta2) of"
+          f" them, got {value!r}."
+        )
+      for i, b in enumerate(value):
+        _checks.check_beta(f"{name}[{i}]", b)
+    else:
+      _checks.check_beta(name, value)
+
+
 def _as_pair(value) -> tuple[Any, Any]:
   return tuple(value) if isinstance(value, tuple | list) else (value, value)
 
@@ -388,10 +425,13 @@ def moments_from_state(
   :func:`moment_statistics` then reports all covered coordinates together
   (``per_leaf=True`` names each leaf by its path in the params).
 
-  In a split nnx state the NamedTuple types are gone, so any mapping with
-  exactly the fields ``{count, mu, nu}`` is read as Adam's (an
-  ``optax.adabelief`` state, whose ``nu`` means something else, would be
-  misread there). Before the first update (count 0) the moments are zero.
+  States are recognised by their type, not by the optimizer that made them:
+  ``optax.adamax`` and ``optax.yogi`` also keep an ``optax.ScaleByAdamState``,
+  but their ``nu`` is not an EMA of :math:`g^2` (a running max, a
+  sign-driven update), so their "variance" here means nothing. In a split
+  nnx state the NamedTuple types are gone, so any mapping with exactly the
+  fields ``{count, mu, nu}`` is read as Adam's (``optax.adabelief``'s state
+  too). Before the first update (count 0) the moments are zero.
   For an untied Adam state (:math:`\beta_1 \ne \beta_2`) the "variance" mixes
   two memories and is only a rough estimate.
 
@@ -413,7 +453,8 @@ def moments_from_state(
     coordinates.
 
   Raises:
-    ValueError: if an Adam state is found but no beta is known for it, a
+    ValueError: if ``beta`` (or an entry of it) is not a memory in [0, 1) or a
+      pair of them, an Adam state is found but no beta is known for it, a
       label of a ``beta`` mapping is on no state's path, or the states found
       cannot be merged (they cover the same coordinates, or
       different trees); the message names the states' paths.
@@ -446,6 +487,7 @@ def moments_from_state(
   References:
     Orvieto & Gower, In Search of Adam's Secret Sauce, arXiv 2505.21829, 2025.
   """
+  _check_beta_argument(beta)
   found = [f for f in _find_moment_states(opt_state) if not _is_empty(f)]
   if isinstance(beta, collections.abc.Mapping):
     unused = set(beta) - {_label_for(f, beta) for f in found}

@@ -154,6 +154,24 @@ class TestMomentStatistics:
     with pytest.raises(TypeError, match="GradientMoments"):
       monitoring.moment_statistics(None)
 
+  @pytest.mark.parametrize(
+    "eps", [-1.0, float("nan"), float("inf"), "1e-8", True], ids=repr
+  )
+  def test_rejects_a_bad_eps_naming_it(self, eps):
+    moments = GradientMoments({"w": jnp.ones(2)}, {"w": jnp.ones(2)})
+    with pytest.raises(ValueError, match=r"eps must be .*\[0\.0, inf\)"):
+      monitoring.moment_statistics(moments, eps=eps)
+
+  def test_rejects_moments_whose_trees_or_shapes_differ(self):
+    """Pairing by flat order would report SNR 1e16 or broadcast (3,) against
+    (3, 1): both are errors, naming what differs."""
+    renamed = GradientMoments({"a": jnp.ones(2)}, {"x": jnp.zeros(2)})
+    with pytest.raises(ValueError, match="different trees"):
+      monitoring.moment_statistics(renamed)
+    broadcast = GradientMoments({"w": jnp.ones(3)}, {"w": jnp.ones((3, 1))})
+    with pytest.raises(ValueError, match=r"shape at w: \(3,\) and \(3, 1\)"):
+      monitoring.moment_statistics(broadcast)
+
 
 BETA = 0.9
 PARAMS = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
@@ -263,6 +281,24 @@ class TestMomentsFromState:
   def test_adam_state_without_beta_is_an_error(self):
     with pytest.raises(ValueError, match="beta"):
       monitoring.moments_from_state(optax.adam(0.1).init(PARAMS))
+
+  @pytest.mark.parametrize(
+    "beta, name",
+    [
+      (1.0, "beta"),  # debiasing by 1 - 1**t = 0: inf mean, NaN variance
+      (1.5, "beta"),  # a negative mean from positive gradients
+      (True, "beta"),
+      ("0.9", "beta"),
+      ((0.9,), "beta"),
+      ((0.9, 1.0), r"beta\[1\]"),
+      ({"w": -0.1}, r"beta\['w'\]"),
+    ],
+    ids=repr,
+  )
+  def test_rejects_a_bad_beta_naming_it(self, beta, name):
+    _, state = _feed(optax.adam(0.1, BETA, BETA), _grads_T(), PARAMS)
+    with pytest.raises(ValueError, match=name + " must be"):
+      monitoring.moments_from_state(state, beta)
 
   def test_explicit_beta_overrides_hyperparams(self):
     tx = optax.inject_hyperparams(alias.balanced_adam)(learning_rate=0.1, beta=BETA)
