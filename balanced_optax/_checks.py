@@ -86,8 +86,40 @@ def beta_grid(name: str, value: Any) -> np.ndarray:
   return np.sort(grid)
 
 
+def integer(name: str, value: Any, low: int) -> int:
+  """``value`` as an int, or ValueError unless it is an integer >= ``low``:
+  a Python or NumPy integer or a 0-d integer array (``inject_hyperparams``
+  makes one), not a bool or a float."""
+  dtype = getattr(value, "dtype", None)
+  is_integer = isinstance(value, int | np.integer) or (
+    dtype is not None and np.ndim(value) == 0 and jnp.issubdtype(dtype, jnp.integer)
+  )
+  if isinstance(value, bool) or not is_integer or value < low:
+    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+  return int(value)
+
+
+# A range written with rounded grid values (0.68377 for 1 - 10**-0.5 =
+# 0.6837722...) still holds the grid value it names.
+GRID_RANGE_TOLERANCE = 1e-5
+
+
+def grid_in_range(name: str, grid: Any, low: float, high: float) -> np.ndarray:
+  """The sorted values of ``grid`` within :data:`GRID_RANGE_TOLERANCE` of
+  ``[low, high]``, or ValueError naming ``name`` when there are none."""
+  g = beta_grid(name, grid)
+  inside = g[(g >= low - GRID_RANGE_TOLERANCE) & (g <= high + GRID_RANGE_TOLERANCE)]
+  if inside.size == 0:
+    raise ValueError(
+      f"{name} has no value inside beta_range=({low}, {high}); got {grid!r}."
+    )
+  return inside
+
+
 def beta_range(name: str, value: Any) -> tuple[float, float]:
   """``(low, high)`` with ``0 <= low <= high < 1``, or ValueError naming ``name``."""
+  if isinstance(value, tuple | list) and any(isinstance(x, bool) for x in value):
+    raise ValueError(f"{name} must be (low, high) of numbers, got {value!r}.")
   bounds = unit_interval(name, value)
   if bounds.shape != (2,) or bounds[0] > bounds[1]:
     raise ValueError(

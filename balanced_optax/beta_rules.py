@@ -171,7 +171,8 @@ def beta_from_half_life(steps: ArrayLike) -> float | np.ndarray:
     steps: half-life in steps, in (0, inf), a float or an array.
 
   Returns:
-    :math:`\beta \in (0, 1)`, a float or an array.
+    :math:`\beta \in [0, 1)`, a float or an array (0.0 for a half-life below
+    about 1/1074 steps, where :math:`2^{-1/h}` underflows float64).
 
   Raises:
     ValueError: if ``steps`` is out of range (an infinite half-life is: it
@@ -261,7 +262,9 @@ def beta_from_refresh(
       selections; default None (no rounding).
     beta_range: optional ``(low, high)`` with ``0 <= low <= high < 1``: the
       continuous beta is clipped to it, and with a ``grid`` only the grid
-      values inside it are candidates.
+      values within 1e-5 of it are candidates (as in
+      :func:`beta_from_noise_and_lag`: a range written with rounded grid
+      values keeps them).
 
   Returns:
     :math:`\beta \in [0, 1)`, a float or an array (broadcast over the inputs).
@@ -291,11 +294,10 @@ def beta_from_refresh(
     low, high = _checks.beta_range("beta_range", beta_range)
     beta = np.clip(beta, low, high)
   if grid is not None:
-    candidates = _checks.beta_grid("grid", grid)
-    if beta_range is not None:
-      candidates = candidates[(candidates >= low) & (candidates <= high)]
-      if candidates.size == 0:
-        raise ValueError(f"no grid value lies in beta_range={beta_range!r}.")
+    if beta_range is None:
+      candidates = _checks.beta_grid("grid", grid)
+    else:
+      candidates = _checks.grid_in_range("grid", grid, low, high)
     beta = _nearest(beta, candidates)
   _checks.below_one(beta, f"beta_from_refresh(t_es={t_es!r}, refresh={refresh!r})")
   return _checks.float_or_array(beta)
@@ -505,9 +507,9 @@ def estimate_effective_horizon(
     fraction: :math:`q \in (0, 1]`, the share of the total improvement that
       ends the useful phase (default 1: the best loss itself).
     window: odd number of evaluations in the running median, at most
-      ``len(val_losses)``; 1 (default) disables smoothing, None picks the odd
-      number nearest ``len(val_losses) / 10`` (at least 3, at most
-      ``len(val_losses)``).
+      ``len(val_losses)``; 1 (default) disables smoothing, None picks
+      :math:`2\,\mathrm{round}(n/20) + 1` for :math:`n` losses, an odd number
+      about :math:`n/10` (at least 3, at most :math:`n`).
 
   Returns:
     :math:`T_{ES}` in the units of ``steps``, a float.

@@ -48,6 +48,10 @@ class TestHorizons:
       math.log(2) / 1e12, rel=1e-3
     )
 
+  def test_beta_from_a_tiny_half_life_underflows_to_zero_as_documented(self):
+    assert beta_rules.beta_from_half_life(1 / 1000) == pytest.approx(2.0**-1000)
+    assert beta_rules.beta_from_half_life(1e-4) == 0.0  # 2**-10000: no memory
+
 
 class TestRefresh:
   def test_refresh_count(self):
@@ -100,7 +104,7 @@ class TestRefresh:
       ((0.9, 0.5), "beta_range must be \\(low, high\\)"),
       ((0.5,), "beta_range must be \\(low, high\\)"),
       ((0.5, 1.0), "beta_range must be in"),
-      ((0.991, 0.994), "no grid value lies in beta_range"),
+      ((0.991, 0.994), "grid has no value inside beta_range"),
     ],
   )
   def test_bad_beta_range(self, beta_range, match):
@@ -283,6 +287,21 @@ class TestEffectiveHorizon:
   def test_still_improving_gives_the_last_step(self):
     """Vision runs: T_ES = their total updates."""
     assert beta_rules.estimate_effective_horizon(self.curve(), self.STEPS) == 10_000
+
+  @pytest.mark.parametrize(("n", "window"), [(10, 3), (29, 3), (30, 5), (100, 11)])
+  def test_automatic_window_is_the_documented_odd_number(self, n, window):
+    """window=None is 2 round(n / 20) + 1 evaluations (its docstring)."""
+    rng = np.random.default_rng(n)
+    val = 3 + np.exp(-np.arange(n) / (n / 6)) + 0.05 * rng.standard_normal(n)
+    auto = beta_rules.estimate_effective_horizon(val, fraction=0.95, window=None)
+    assert auto == beta_rules.estimate_effective_horizon(
+      val, fraction=0.95, window=window
+    )
+    assert auto != beta_rules.estimate_effective_horizon(
+      val, fraction=0.95, window=window + 2
+    ) or auto != beta_rules.estimate_effective_horizon(
+      val, fraction=0.95, window=max(window - 2, 1)
+    )
 
   @pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
   def test_automatic_window_fits_short_curves(self, n):

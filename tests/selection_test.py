@@ -1,5 +1,6 @@
 """Early memory selection [FH26c]: closed forms, estimators, the pilot."""
 
+import fractions
 import json
 import textwrap
 
@@ -40,6 +41,25 @@ def test_closed_forms_match_direct_sums_of_the_weights(beta, t):
   np.testing.assert_allclose(
     bo.tracking_risk(beta, t, 0.18, 4e-6), 0.18 * c + 4e-6 * a**2, rtol=1e-8
   )
+
+
+def test_closed_forms_are_as_accurate_as_documented():
+  """Against the exact sums in rational arithmetic: c to 2e-14, a to 3e-11
+  relative (its worst case, t = 2 at beta = 0.999: two terms near 999
+  cancel to 0.4997)."""
+  worst_c = worst_a = 0.0
+  for beta in (0.5, 0.9, 0.99, 0.999):
+    for t in (2, 3, 10, 100, 1000):
+      b = fractions.Fraction(beta)
+      w = [(1 - b) * b**k / (1 - b**t) for k in range(t)]
+      c = sum(x * x for x in w)
+      a = sum(k * x for k, x in enumerate(w))
+      got_c = fractions.Fraction(bo.tracking_risk(beta, t, 1.0, 0.0))
+      got_a = fractions.Fraction(bo.tracking_risk(beta, t, 0.0, 1.0)) ** 0.5
+      worst_c = max(worst_c, float(abs(got_c - c) / c))
+      worst_a = max(worst_a, abs(got_a - float(a)) / float(a))
+  assert worst_c < 2e-14
+  assert worst_a < 3e-11
 
 
 def test_beta_zero_and_one_observation_keep_the_last_gradient():
@@ -124,6 +144,8 @@ def test_zero_coefficients_clipping_and_the_selection_grid():
     ({"noise": 1.0, "change": 1.0, "beta_range": (0.5, 1.0)}, "beta_range"),
     ({"noise": 1.0, "change": 1.0, "grid": (0.5, 1.0)}, "grid"),
     ({"noise": 1.0, "change": 1.0, "grid": (0.1, 0.2)}, "grid"),
+    ({"noise": 1.0, "change": 1.0, "beta_range": ("0.7", "0.99")}, "beta_range"),
+    ({"noise": 1.0, "change": 1.0, "beta_range": (False, 0.9)}, "beta_range"),
   ],
 )
 def test_rule_rejects_bad_input_naming_the_argument(kwargs, name):
@@ -138,6 +160,9 @@ def test_rule_rejects_bad_input_naming_the_argument(kwargs, name):
     ((0.9, 0, 1.0, 1.0), "t"),
     ((0.9, 10, -1.0, 1.0), "noise"),
     ((0.9, 10, 1.0, -1.0), "change"),
+    ((0.9, "10", 1.0, 1.0), "t"),  # was parsed as 10
+    ((0.9, True, 1.0, 1.0), "t"),  # was t = 1
+    ((0.9, "abc", 1.0, 1.0), "t"),
   ],
 )
 def test_risk_rejects_bad_input_naming_the_argument(args, name):
@@ -468,16 +493,33 @@ def test_nnx_state_params():
     ({"sketch_dim": 0}, "sketch_dim"),
     ({"eps": -1.0}, "eps"),
     ({"beta_range": (0.9, 0.8)}, "beta_range"),
+    ({"beta_range": ("0.7", "0.99")}, "beta_range"),
     ({"grid": (0.5, 1.2)}, "grid"),
     ({"grid": (0.1, 0.2)}, "grid"),
+    ({"lags": 5}, "lags"),  # was a TypeError
+    ({"params": {}}, "params hold no coordinates"),  # was a beta from nothing
+    ({"params": {"w": np.zeros(0)}}, "params hold no coordinates"),
   ],
+  ids=repr,
 )
 def test_select_beta_rejects_bad_input_before_training(kwargs, name):
   def never(*_):
     raise AssertionError("called before the arguments were checked")
 
+  kwargs = {"params": {"w": np.zeros(3)}, **kwargs}
   with pytest.raises(ValueError, match=name):
-    bo.select_beta(never, never, never, {"w": np.zeros(3)}, **kwargs)
+    bo.select_beta(never, never, never, **kwargs)
+
+
+def test_range_ends_and_grids_are_read_the_same_by_both_rules():
+  """A range may be one memory, and both rules take the grid values within
+  1e-5 of the range (a range written with rounded grid values keeps them)."""
+  assert bo.beta_from_noise_and_lag(1.0, 1.0, beta_range=(0.9, 0.9), grid=None) == 0.9
+  grid = (0.5, 0.900009, 0.95)
+  for low, high in [(0.5, 0.9), (0.900009, 0.95), (0.9, 0.9)]:
+    rule = bo.beta_from_noise_and_lag(1.0, 0.0, beta_range=(low, high), grid=grid)
+    refresh = bo.beta_from_refresh(1e9, grid=grid, beta_range=(low, high))
+    assert rule == refresh == (0.95 if high == 0.95 else 0.900009)
 
 
 _SHARDED_SCRIPT = textwrap.dedent(
