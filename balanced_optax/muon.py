@@ -110,13 +110,13 @@ def balanced_muon(
     beta: Muon's momentum, in [0, 1); also the Adam memory unless
       ``adam_beta`` is given.
     eps: Newton-Schulz's and Adam's eps, >= 0.
-    weight_decay: weight decay of the Muon leaves (multiplied by the
+    weight_decay: weight decay of the Muon leaves, >= 0 (multiplied by the
       learning rate, as in optax).
     weight_decay_mask: optax.contrib.muon's mask of the Muon leaves to decay.
     mu_dtype: dtype of Muon's momentum (None: the params').
     ns_coeffs: Newton-Schulz coefficients or a preset name (None: optax's
       default).
-    ns_steps: Newton-Schulz iterations.
+    ns_steps: Newton-Schulz iterations, >= 1.
     nesterov: Nesterov momentum, for Muon and for Adam (as optax does).
     adaptive: optax.contrib.muon's dual-norm scaling.
     preconditioning: optax.contrib.muon's preconditioning before Newton-Schulz.
@@ -128,7 +128,8 @@ def balanced_muon(
       uses ``beta``.
     adam_eps_root: Adam's eps inside the square root, >= 0.
     adam_weight_decay: decoupled weight decay of the Adam leaves, >= 0.
-    adam_learning_rate: Adam's learning rate (None: ``learning_rate``).
+    adam_learning_rate: Adam's learning rate, a constant >= 0 or a schedule
+      (None: ``learning_rate``).
     state_dtype: dtype of balanced Adam's moments (None: the params').
     scale_safe: balanced Adam's root-form second moment.
     guard_nonfinite: balanced Adam's non-finite guard.
@@ -186,6 +187,19 @@ def balanced_muon(
   if adam_beta is not None:
     _checks.check_beta("adam_beta", adam_beta)
   _checks.check_interval("eps", eps, 0.0)
+  _checks.check_interval("weight_decay", weight_decay, 0.0)
+  if not isinstance(ns_steps, jax.core.Tracer):
+    _checks.integer("ns_steps", ns_steps, 1)
+  mu_dtype = _checks.float_dtype_or_none("mu_dtype", mu_dtype)
+  # The Adam half's arguments, checked here so that errors name them as
+  # balanced_muon's (balanced_adamw would call them weight_decay, ...).
+  _checks.check_interval("adam_eps_root", adam_eps_root, 0.0)
+  for name, value in (
+    ("adam_weight_decay", adam_weight_decay),
+    ("adam_learning_rate", adam_learning_rate),
+  ):
+    if value is not None and not callable(value):
+      _checks.check_interval(name, value, 0.0)
   muon_options = {} if ns_coeffs is None else {"ns_coeffs": ns_coeffs}
   muon = optax.contrib.muon(
     learning_rate,

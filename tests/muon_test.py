@@ -135,9 +135,20 @@ def test_moment_statistics_under_inject_hyperparams_read_adam_beta():
     ({"adam_beta": -0.1}, "adam_beta"),
     ({"eps": -1.0}, "eps"),
     ({"learning_rate": -1.0}, "learning_rate"),
+    ({"weight_decay": float("nan")}, "weight_decay"),  # was NaN updates
+    ({"weight_decay": -1.0}, "weight_decay"),
+    ({"ns_steps": 0}, "ns_steps"),  # was no orthogonalisation at all
+    ({"ns_steps": 2.5}, "ns_steps"),
+    ({"mu_dtype": "bf16"}, "mu_dtype"),  # was a TypeError
+    # The Adam half's arguments are named as balanced_muon's, not as the
+    # balanced_adamw arguments they are forwarded to.
+    ({"adam_weight_decay": -1.0}, "adam_weight_decay"),
+    ({"adam_eps_root": -1.0}, "adam_eps_root"),
+    ({"adam_learning_rate": -1.0}, "adam_learning_rate"),
   ],
+  ids=repr,
 )
 def test_bad_hyperparameters_are_value_errors_naming_them(kwargs, name):
   kwargs = {"learning_rate": 0.01, **kwargs}
-  with pytest.raises(ValueError, match=name):
+  with pytest.raises(ValueError, match=f"^{name} must"):
     bo.balanced_muon(**kwargs)
