@@ -215,7 +215,8 @@ def update_norm_stability(
       \Bigl|\ln \frac{n_{t+1}}{n_t}\Bigr|,
 
   the mean absolute log-ratio of consecutive norms after ``warmup`` = w
-  steps: 0 for a constant norm, and scale-free (a multiplicative wobble of
+  steps: 0 for a constant norm (zero included; a step from or to a zero norm
+  counts :math:`\infty`), and scale-free (a multiplicative wobble of
   :math:`1 \pm \epsilon` per step counts :math:`\approx\epsilon`). For
   ``optax.sgd`` it equals the mean :math:`|\ln c_{t+1} - \ln c_t|` of the
   pattern itself (for a fixed gradient); Adam with :math:`\varepsilon = 0`
@@ -264,6 +265,9 @@ def update_norm_stability(
       f" got {warmup!r}."
     )
   norms = _run(tx, grads_T, scales_T, params, with_reference=False)["scaled"]
+  n = norms[warmup:].astype(np.float64)
   with np.errstate(divide="ignore", invalid="ignore"):
-    log_ratios = np.abs(np.diff(np.log(norms[warmup:].astype(np.float64))))
+    log_ratios = np.abs(np.diff(np.log(n)))
+  # Equal norms (zero ones too, where log gives -inf - -inf) do not oscillate.
+  log_ratios = np.where(n[1:] == n[:-1], 0.0, log_ratios)
   return norms, float(np.mean(log_ratios))

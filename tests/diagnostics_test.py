@@ -207,6 +207,17 @@ class TestUpdateNormStability:
     np.testing.assert_allclose(norms, scales * g_norm, rtol=1e-6)
     assert osc == pytest.approx(np.mean(np.abs(np.diff(np.log(scales)))), rel=1e-5)
 
+  def test_a_constant_zero_norm_does_not_oscillate(self):
+    """Zero gradients give zero updates: osc 0 (was NaN from log 0 - log 0);
+    a step from a zero norm to a positive one counts inf."""
+    zeros = jnp.zeros((5, 3))
+    norms, osc = diagnostics.update_norm_stability(optax.sgd(1.0), zeros, np.ones(5))
+    np.testing.assert_array_equal(norms, 0.0)
+    assert osc == 0.0
+    grads = jnp.concatenate([zeros, jnp.ones((1, 3))])
+    _, osc = diagnostics.update_norm_stability(optax.sgd(1.0), grads, np.ones(6))
+    assert osc == np.inf
+
   def test_warmup_drops_initial_steps(self):
     scales = np.array([1.0, 100.0, 1.0, 2.0, 4.0])
     _, osc = diagnostics.update_norm_stability(
