@@ -155,13 +155,29 @@ def check_interval(name: str, value: Any, *interval: float, **ends: bool) -> Non
   """
   if isinstance(value, jax.core.Tracer):
     return
+  if np.iscomplexobj(value) and np.all(np.imag(value) == 0):
+    # optax.inject_hyperparams casts hyperparameters to the params' dtype,
+    # complex for complex params: 1e-3+0j is the learning rate 1e-3.
+    value = np.real(value)
   array = in_interval(name, value, *interval, **ends)
   if array.ndim != 0:
     raise ValueError(f"{name} must be a scalar, got shape {array.shape}.")
 
 
+# The longest memory the transforms can run: their arithmetic is at least
+# float32, where a larger beta rounds to 1.0 (and 1 - beta^k to 0).
+MAX_BETA = float(np.nextafter(np.float32(1), np.float32(0)))
+
+
 def check_beta(name: str, value: Any) -> None:
+  """An optimizer's memory: in [0, 1) and below 1.0 in float32."""
   check_interval(name, value, 0.0, 1.0, high_open=True)
+  if not isinstance(value, jax.core.Tracer) and np.float32(np.real(value)) >= 1:
+    raise ValueError(
+      f"{name} must be at most {MAX_BETA!r} (1 - 2**-24), the largest float32"
+      f" below 1: got {value!r}, which rounds to 1.0 in float32, where the"
+      " moments would stop moving and their debiasing divide by zero."
+    )
 
 
 def check_learning_rate(value: Any) -> None:

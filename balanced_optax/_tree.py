@@ -21,6 +21,18 @@ def real_dtype(dtype: Any) -> np.dtype:
   return jnp.finfo(dtype).dtype
 
 
+def as_arrays(tree: Any) -> Any:
+  """Each leaf as a jax array: params and gradients may hold Python or NumPy
+  scalars, as optax accepts them (a no-op on arrays and tracers)."""
+  return jax.tree.map(jnp.asarray, tree)
+
+
+def real_hyperparameter(value: Any) -> Any:
+  """The real part of a hyperparameter that ``optax.inject_hyperparams`` cast
+  to complex params' dtype (its imaginary part is 0); anything else as is."""
+  return jnp.real(value) if np.iscomplexobj(value) else value
+
+
 def upcast(tree: Any) -> Any:
   """Each leaf in at least float32: the arithmetic dtype of the transforms.
 
@@ -63,7 +75,7 @@ def zeros_for_state(params: Any, state_dtype: Any, *, real: bool = False) -> Any
   # zeros_like, not zeros(shape): the state keeps the params' sharding.
   return jax.tree.map(
     lambda x: jnp.zeros_like(x, dtype=_state_dtype_for(x.dtype, state_dtype, real)),
-    params,
+    as_arrays(params),
   )
 
 
@@ -93,8 +105,10 @@ def update_dtypes(grads: Any, state: Any, params: Any = None) -> tuple[np.dtype,
   if params is not None:
     try:
       param_leaves = [
-        p if hasattr(p, "dtype") else None for p in treedef.flatten_up_to(params)
+        jnp.asarray(p) if isinstance(p, numbers.Number) else p
+        for p in treedef.flatten_up_to(params)
       ]
+      param_leaves = [p if hasattr(p, "dtype") else None for p in param_leaves]
     except ValueError:  # A wrapper passed params of another shape: ignore them.
       pass
   return tuple(

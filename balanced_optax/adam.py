@@ -254,6 +254,7 @@ def scale_by_balanced_adam(
 
   def update_fn(updates, state, params=None):
     _checks.check_same_structure("scale_by_balanced_adam", updates, state.mu)
+    updates = _tree.as_arrays(updates)  # Python scalars too, as optax.
     # The update's dtype is optax.adam's: that of the grads and params.
     out_dtypes = jax.tree.unflatten(
       jax.tree.structure(updates), _tree.update_dtypes(updates, state.mu, params)

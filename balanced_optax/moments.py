@@ -210,6 +210,7 @@ def tied_moments(
     <https://arxiv.org/abs/2505.21829>`_, 2025 (Prop. 1).
   """
   _checks.check_beta("beta", beta)
+  beta = _tree.real_hyperparameter(beta)
   state_dtype = _checks.float_dtype_or_none("state_dtype", state_dtype)
 
   def init_fn(params):
@@ -221,6 +222,7 @@ def tied_moments(
 
   def update_fn(updates, state, params=None):
     _checks.check_same_structure("tied_moments", updates, state.mu)
+    updates = _tree.as_arrays(updates)  # Python scalars too, as optax.
     update_dtypes = _tree.update_dtypes(updates, state.mu, params)
     grads = _tree.upcast(updates)
     count = optax.safe_increment(state.count)
@@ -336,6 +338,7 @@ def variance_ema(
     <https://arxiv.org/abs/2505.21829>`_, 2025 (Prop. 1, Thm. 4.1).
   """
   _checks.check_beta("beta", beta)
+  beta = _tree.real_hyperparameter(beta)
   state_dtype = _checks.float_dtype_or_none("state_dtype", state_dtype)
 
   def init_fn(params):
@@ -347,6 +350,7 @@ def variance_ema(
 
   def update_fn(updates, state, params=None):
     _checks.check_same_structure("variance_ema", updates, state.mean)
+    updates = _tree.as_arrays(updates)  # Python scalars too, as optax.
     update_dtypes = _tree.update_dtypes(updates, state.mean, params)
     grads = _tree.upcast(updates)
     count = optax.safe_increment(state.count)

@@ -24,7 +24,16 @@ def test_beta_outside_unit_interval(name, beta):
     BETA_TAKERS[name](beta)
 
 
-@pytest.mark.parametrize("beta", (0.0, 0.5, 0.999999, jnp.float32(0.9)))
+@pytest.mark.parametrize("beta", (1 - 1e-8, 0.99999998))
+@pytest.mark.parametrize("name", sorted(BETA_TAKERS))
+def test_beta_that_rounds_to_one_in_float32(name, beta):
+  """In [0, 1) but 1.0 in float32, the transforms' arithmetic: the paths gave
+  inf, NaN or a frozen step, all different; now a ValueError."""
+  with pytest.raises(ValueError, match=r"beta must be at most 0\.99999994"):
+    BETA_TAKERS[name](beta)
+
+
+@pytest.mark.parametrize("beta", (0.0, 0.5, 0.999999, 0.99999994, jnp.float32(0.9)))
 def test_valid_betas_at_the_edges_give_optax_adams_first_two_steps(beta):
   # At the range's edges (no memory; a memory of a million steps) each
   # transform still builds and runs, and the two optimizers' steps equal
@@ -131,7 +140,8 @@ def test_non_scalar_hyperparameters():
     (lambda: bo.tied_moments("0.9"), r"beta must be a number in \[0.0, 1.0\)"),
     (lambda: bo.variance_ema(True), r"beta must be a number in \[0.0, 1.0\)"),
     (
-      lambda: bo.scale_by_balanced_adam(0.9 + 0j),
+      # 0.9 + 0j is accepted: inject_hyperparams casts to complex params' dtype.
+      lambda: bo.scale_by_balanced_adam(0.9 + 0.1j),
       r"beta must be a number in \[0.0, 1.0\)",
     ),
     (

@@ -176,3 +176,52 @@ if __name__ == "__main__":
   import absl.testing.absltest
 
   absl.testing.absltest.main()
+
+
+INJECTABLE = {
+  "balanced_adam": bo.balanced_adam,
+  "tied_moments_chain": lambda learning_rate, beta: optax.chain(
+    bo.tied_moments(beta),
+    bo.snr_sign_step(),
+    optax.scale_by_learning_rate(learning_rate),
+  ),
+  "variance_ema_chain": lambda learning_rate, beta: optax.chain(
+    bo.variance_ema(beta),
+    bo.snr_sign_step(),
+    optax.scale_by_learning_rate(learning_rate),
+  ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INJECTABLE))
+def test_inject_hyperparams_on_complex_params_runs_eagerly_as_optax(name):
+  """inject_hyperparams casts the hyperparameters to the params' dtype, here
+  complex64: an eager init and update equal optax.adam's (the construction
+  checks rejected the complex learning rate 1e-2+0j)."""
+  params = jnp.ones(2, jnp.complex64)
+  grads = [jnp.array([0.3 + 1j, -1 + 0.5j], jnp.complex64), jnp.array([1j, 2.0])]
+  tx = optax.inject_hyperparams(INJECTABLE[name])(learning_rate=1e-2, beta=0.9)
+  ref = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2, b1=0.9, b2=0.9)
+  state, ref_state = tx.init(params), ref.init(params)
+  for g in grads:
+    got, state = tx.update(g, state, params)
+    want, ref_state = ref.update(g, ref_state, params)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_python_scalar_leaves_as_optax(name):
+  """Params and gradients may be Python floats, as optax.adam takes them
+  (the paths raised AttributeError: 'float' object has no attribute 'dtype')."""
+  params, grads = {"a": 1.0, "b": jnp.ones(2)}, {"a": 0.5, "b": jnp.array([0.5, -2.0])}
+  tx, ref = MAKERS[name](), _optax_reference()
+  state, ref_state = tx.init(params), ref.init(params)
+  for step in range(3):
+    got, state = (
+      jax.jit(tx.update)(grads, state, params)
+      if step
+      else tx.update(grads, state, params)
+    )
+    want, ref_state = ref.update(grads, ref_state, params)
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
+    chex.assert_trees_all_equal_dtypes(got, want)
