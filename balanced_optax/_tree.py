@@ -101,16 +101,16 @@ def update_dtypes(grads: Any, state: Any, params: Any = None) -> tuple[np.dtype,
   """:func:`update_dtype` for every leaf, in ``grads``' flat order."""
   grad_leaves, treedef = jax.tree.flatten(grads)
   state_leaves = treedef.flatten_up_to(state)
-  param_leaves = [None] * len(grad_leaves)
+  param_leaves: list[Any] = [None] * len(grad_leaves)
   if params is not None:
     try:
       param_leaves = [
         jnp.asarray(p) if isinstance(p, numbers.Number) else p
         for p in treedef.flatten_up_to(params)
       ]
-      param_leaves = [p if hasattr(p, "dtype") else None for p in param_leaves]
     except ValueError:  # A wrapper passed params of another shape: ignore them.
       pass
+  param_leaves = [p if hasattr(p, "dtype") else None for p in param_leaves]
   return tuple(
     update_dtype(g, s, p)
     for g, s, p in zip(grad_leaves, state_leaves, param_leaves, strict=True)
