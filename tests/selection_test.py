@@ -49,7 +49,7 @@ def test_closed_forms_are_as_accurate_as_documented():
   cancel to 0.4997)."""
   worst_c = worst_a = 0.0
   for beta in (0.5, 0.9, 0.99, 0.999):
-    for t in (2, 3, 10, 100, 1000):
+    for t in (2, 3, 10, 40):  # exact sums: t = 1000 takes 100 s
       b = fractions.Fraction(beta)
       w = [(1 - b) * b**k / (1 - b**t) for k in range(t)]
       c = sum(x * x for x in w)
