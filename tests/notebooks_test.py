@@ -146,6 +146,7 @@ def test_notebook_runs_tiny(name, check, env, tmp_path):
   )
   # The kernel imports this checkout even where balanced_optax is not
   # installed (tests/subprocesses.py).
+  # Raises CellExecutionError on the first failing cell.
   client.execute(env=subprocesses.environ(NOTEBOOK_SIZE="tiny", **env))
   assert (tmp_path / f"{name}.png").stat().st_size > 0
   check(json.loads((tmp_path / f"{name}_results.json").read_text()))

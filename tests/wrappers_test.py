@@ -14,15 +14,21 @@ import balanced_optax as bo
 from tests import streams
 from tests.subprocesses import run_on_8_devices
 
-MAKERS = {
-  "balanced_adam": lambda: bo.balanced_adam(1e-3, 0.9),
-  "variance_ema_chain": lambda: optax.chain(
-    bo.variance_ema(0.9), bo.snr_sign_step(), optax.scale_by_learning_rate(1e-3)
+INJECTABLE = {
+  "balanced_adam": bo.balanced_adam,
+  "tied_moments_chain": lambda learning_rate, beta: optax.chain(
+    bo.tied_moments(beta),
+    bo.snr_sign_step(),
+    optax.scale_by_learning_rate(learning_rate),
   ),
-  "tied_moments_chain": lambda: optax.chain(
-    bo.tied_moments(0.9), bo.snr_sign_step(), optax.scale_by_learning_rate(1e-3)
+  "variance_ema_chain": lambda learning_rate, beta: optax.chain(
+    bo.variance_ema(beta),
+    bo.snr_sign_step(),
+    optax.scale_by_learning_rate(learning_rate),
   ),
 }
+# Built with the learning rate and beta of _optax_reference.
+MAKERS = {name: lambda make=make: make(1e-3, 0.9) for name, make in INJECTABLE.items()}
 
 
 def _optax_reference():
@@ -176,21 +182,6 @@ if __name__ == "__main__":
   import absl.testing.absltest
 
   absl.testing.absltest.main()
-
-
-INJECTABLE = {
-  "balanced_adam": bo.balanced_adam,
-  "tied_moments_chain": lambda learning_rate, beta: optax.chain(
-    bo.tied_moments(beta),
-    bo.snr_sign_step(),
-    optax.scale_by_learning_rate(learning_rate),
-  ),
-  "variance_ema_chain": lambda learning_rate, beta: optax.chain(
-    bo.variance_ema(beta),
-    bo.snr_sign_step(),
-    optax.scale_by_learning_rate(learning_rate),
-  ),
-}
 
 
 @pytest.mark.parametrize("name", sorted(INJECTABLE))
