@@ -1,9 +1,10 @@
 r"""Muon on the hidden matrices, balanced Adam on the rest.
 
-Muon [J24] orthogonalises each matrix's momentum, so it is defined for the
-hidden weight matrices only; embeddings, heads, norms and biases are trained
-by Adam. :func:`balanced_muon` keeps optax's Muon untouched and puts
-balanced Adam (one memory, :math:`\beta_1 = \beta_2`) in the Adam role.
+Muon (Jordan et al., 2024; cited in :func:`balanced_muon`) orthogonalises
+each matrix's momentum, so it is defined for the hidden weight matrices only;
+embeddings, heads, norms and biases are trained by Adam. :func:`balanced_muon`
+keeps optax's Muon untouched and puts balanced Adam (one memory,
+:math:`\beta_1 = \beta_2`) in the Adam role.
 """
 
 from collections.abc import Callable
