@@ -51,9 +51,15 @@ hypothesis.settings.load_profile("suite")
 
 
 def pytest_configure(config):
-  """The fast tier (``-m "not slow"``) loads hypothesis' ``fast_tier`` profile."""
+  """The fast tier (``-m "not slow"``) is the edit-test loop: it loads
+  hypothesis' ``fast_tier`` profile and compiles with XLA's optimisation
+  passes off (``jax_disable_most_optimizations``), which takes a third off a
+  cold run, whose time is mostly XLA compiling small programs. Its programs
+  compute the same values to float rounding; the full suite (README's test
+  command, CI) compiles with the optimisations users run."""
   if config.getoption("markexpr") == "not slow":
     hypothesis.settings.load_profile("fast_tier")
+    jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture(scope="session")
