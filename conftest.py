@@ -53,7 +53,7 @@ hypothesis.settings.load_profile("suite")
 def pytest_configure(config):
   """The fast tier (``-m "not slow"``) is the edit-test loop: it loads
   hypothesis' ``fast_tier`` profile and compiles with XLA's optimisation
-  passes off (``jax_disable_most_optimizations``), which takes a third off a
+  passes off (``jax_disable_most_optimizations``), which takes a fifth off a
   cold run, whose time is mostly XLA compiling small programs. Its programs
   compute the same values to float rounding; the full suite (README's test
   command, CI) compiles with the optimisations users run."""
