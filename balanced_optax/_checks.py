@@ -129,7 +129,7 @@ def beta_range(name: str, value: Any) -> tuple[float, float]:
 
 
 def below_one(beta: np.ndarray, why: str) -> np.ndarray:
-  """``beta`` unchanged, or ValueError when a computed memory rounded to 1.0.
+  r"""``beta`` unchanged, or ValueError when a computed memory rounded to 1.0.
 
   A memory :math:`\beta < 1` whose horizon exceeds float64's resolution
   (:math:`1/(1-\beta) > 2^{53}`) rounds to exactly 1.0, which no optimizer

@@ -22,9 +22,13 @@ def real_dtype(dtype: Any) -> np.dtype:
 
 
 def as_arrays(tree: Any) -> Any:
-  """Each leaf as a jax array: params and gradients may hold Python or NumPy
-  scalars, as optax accepts them (a no-op on arrays and tracers)."""
-  return jax.tree.map(jnp.asarray, tree)
+  """Each leaf as something with a shape and a dtype: Python scalars become
+  jax arrays, as optax accepts them; arrays, tracers and abstract leaves
+  (``jax.ShapeDtypeStruct``, which ``init`` takes as optax's does) pass."""
+  return jax.tree.map(
+    lambda x: x if hasattr(x, "shape") and hasattr(x, "dtype") else jnp.asarray(x),
+    tree,
+  )
 
 
 def real_hyperparameter(value: Any) -> Any:

@@ -137,6 +137,21 @@ def _excess(second: jax.Array, mean: jax.Array) -> jax.Array:
   return jnp.where(jnp.isinf(second), second, jnp.maximum(second - _tree.abs2(mean), 0))
 
 
+def read_adam_moments(mu, nu, count, beta1, beta2) -> GradientMoments:
+  """The mean and variance held by Adam's moments ``mu`` (of g) and ``nu`` (of
+  ``|g|²``, real in value), in at least float32: debiased at ``count`` with
+  ``beta1``, ``beta2`` (``count=None``: as they are), the variance
+  ``max(nu - |mean|², 0)``, +inf where ``nu`` overflowed. The one reading of
+  an Adam state: :func:`tied_moments` emits it and ``moments_from_state``
+  returns it."""
+  mean = _tree.upcast(mu)
+  second = jax.tree.map(jnp.real, _tree.upcast(nu))
+  if count is not None:
+    mean = otu.bias_correction(mean, beta1, count)
+    second = otu.bias_correction(second, beta2, count)
+  return GradientMoments(mean, jax.tree.map(_excess, second, mean))
+
+
 def tied_moments(
   beta: jax.typing.ArrayLike,
   debias: bool = True,
@@ -246,11 +261,9 @@ def tied_moments(
       count=count, mu=store(mu, state.mu, salt=0), nu=store(nu, state.nu, salt=1)
     )
     # Emit from the moments as stored, so that donated state updates in place.
-    mu = _tree.upcast(new_state.mu)
-    nu = jax.tree.map(jnp.real, _tree.upcast(new_state.nu))
-    mean = otu.bias_correction(mu, beta, count) if debias else mu
-    second = otu.bias_correction(nu, beta, count) if debias else nu
-    variance = jax.tree.map(_excess, second, mean)
+    mean, variance = read_adam_moments(
+      new_state.mu, new_state.nu, count if debias else None, beta, beta
+    )
     return _emit(mean, variance, update_dtypes), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

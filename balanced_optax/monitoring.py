@@ -29,7 +29,11 @@ from jax.tree_util import DictKey, GetAttrKey
 
 from balanced_optax import _checks, _tree
 from balanced_optax.adam import ScaleSafeAdamState
-from balanced_optax.moments import GradientMoments, VarianceEmaState
+from balanced_optax.moments import (
+  GradientMoments,
+  VarianceEmaState,
+  read_adam_moments,
+)
 
 # The second-moment field of each state read, by the state's field names.
 _MOMENT_TYPES = {
@@ -341,17 +345,10 @@ def _read(found: _Found, betas) -> GradientMoments:
     return GradientMoments(mean, variance)
   # count 0 (no update yet): the moments are 0, and so are mean and variance.
   count = jnp.maximum(_scalar(fields["count"]), 1)
-  b1, b2 = (jnp.asarray(b) for b in betas)
-  mean = optax.tree.bias_correction(_tree.upcast(fields["mu"]), b1, count)
-  # Adam's nu (and optax's complex nu) is real in value: E|g|^2.
-  second = jax.tree.map(jnp.real, _tree.upcast(fields[found.second]))
+  second = fields[found.second]
   if found.second == "rms":
-    second = jax.tree.map(jnp.square, second)
-  second = optax.tree.bias_correction(second, b2, count)
-  variance = jax.tree.map(
-    lambda s, m: jnp.maximum(s - jnp.square(jnp.abs(m)), 0), second, mean
-  )
-  return GradientMoments(mean, variance)
+    second = jax.tree.map(lambda r: jnp.square(_tree.upcast(r)), second)
+  return read_adam_moments(fields["mu"], second, count, *betas)
 
 
 def _merge(parts: list[tuple[_Found, GradientMoments]]) -> GradientMoments:

@@ -185,15 +185,15 @@ def beta_from_noise_and_lag(
 
 
 class BetaSelection(NamedTuple):
-  """What :func:`select_beta` measured and chose (see its docstring).
+  r"""What :func:`select_beta` measured and chose (see its docstring).
 
   Attributes:
     beta: the chosen memory, snapped to the grid (the continuous one if
       ``grid=None``).
     beta_continuous: :math:`1 - 1/H` before snapping.
-    noise: :math:`\\hat V`, the sketched direction's noise per gradient.
-    change: :math:`\\hat D = I + C/L^2`, its squared change per update.
-    lag_intercept: :math:`I` of the fit :math:`y_n \\approx I + C/n^2`.
+    noise: :math:`\hat V`, the sketched direction's noise per gradient.
+    change: :math:`\hat D = I + C/L^2`, its squared change per update.
+    lag_intercept: :math:`I` of the fit :math:`y_n \approx I + C/n^2`.
     lag_slope: :math:`C` of that fit.
     lags: the lags :math:`n`, in updates.
     lag_changes: :math:`y_n = |z_{T_p} - z_{T_p-n}|^2 / n^2`, one per lag.

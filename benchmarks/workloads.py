@@ -359,13 +359,13 @@ def _mlp_digits_problem(
 def _quadratic_problem(
   batch_size: int, *, dim: int = 64, noise: float = 1.0
 ) -> _Problem:
-  """Noisy linear regression with a heterogeneous feature spectrum.
+  r"""Noisy linear regression with a heterogeneous feature spectrum.
 
-  Features :math:`x \\sim N(0, \\mathrm{diag}(h))` with :math:`h` log-spaced
-  over :math:`[10^{-2}, 10^2]`, targets :math:`y = w^* \\cdot x + \\sigma
-  \\xi`; the training loss is the batch mean of :math:`(w \\cdot x - y)^2 /
-  2`, the validation loss its exact expectation :math:`\\tfrac12(\\sum_i h_i
-  (w_i - w_i^*)^2 + \\sigma^2)` (its floor is the noise, :math:`\\sigma^2/2`).
+  Features :math:`x \sim N(0, \mathrm{diag}(h))` with :math:`h` log-spaced
+  over :math:`[10^{-2}, 10^2]`, targets :math:`y = w^* \cdot x + \sigma
+  \xi`; the training loss is the batch mean of :math:`(w \cdot x - y)^2 /
+  2`, the validation loss its exact expectation :math:`\tfrac12(\sum_i h_i
+  (w_i - w_i^*)^2 + \sigma^2)` (its floor is the noise, :math:`\sigma^2/2`).
   """
   h = jnp.logspace(-2, 2, dim)
   w_star = jax.random.normal(jax.random.key(1234), (dim,))

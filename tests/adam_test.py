@@ -592,3 +592,26 @@ if __name__ == "__main__":
   import absl.testing.absltest
 
   absl.testing.absltest.main()
+
+
+class AbstractInitTest(parameterized.TestCase):
+  """init takes jax.ShapeDtypeStruct leaves, as optax.adam's does (sharding
+  planners call it so); it gave a TypeError from jnp.asarray."""
+
+  @parameterized.named_parameters(
+    ("fused", lambda: bo.balanced_adam(1.0)),
+    ("adamw", lambda: bo.balanced_adamw(1.0)),
+    ("bfloat16_state", lambda: bo.balanced_adam(1.0, state_dtype="bfloat16")),
+    ("scale_safe", lambda: bo.balanced_adam(1.0, scale_safe=True)),
+    ("tied_moments", lambda: bo.tied_moments(0.9)),
+    ("variance_ema", lambda: bo.variance_ema(0.9)),
+    ("muon", lambda: bo.balanced_muon(1.0)),
+  )
+  def test_init_of_shape_dtype_structs_equals_init_of_zeros(self, make):
+    tx = make()
+    shapes = {
+      "w": jax.ShapeDtypeStruct((2, 4, 8), jnp.float32),
+      "m": jax.ShapeDtypeStruct((4, 8), jnp.bfloat16),
+    }
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    chex.assert_trees_all_equal(tx.init(shapes), tx.init(zeros), strict=True)

@@ -236,6 +236,21 @@ class TestMomentsFromState:
     moments = jax.jit(lambda s: monitoring.moments_from_state(s, beta))(state)
     _assert_moments_close(moments, _reference())
 
+  def test_an_overflowed_second_moment_reads_as_tied_moments_emits_it(self):
+    # g = 3e19 squares past float32's range: tied_moments emits variance inf
+    # (the step there is 0), and so must the reading of optax.adam's state
+    # (it gave NaN when monitoring had its own copy of the formula).
+    grads = jnp.array([3e19, -2.0, 0.5], jnp.float32)
+    estimator = tied_moments(BETA)
+    want, _ = estimator.update(grads, estimator.init(grads))
+    _, state = optax.adam(0.1, BETA, BETA).update(
+      grads, optax.adam(0.1, BETA, BETA).init(grads)
+    )
+    got = monitoring.moments_from_state(state, BETA)
+    np.testing.assert_array_equal(got.variance, want.variance)
+    np.testing.assert_array_equal(got.mean, want.mean)
+    assert np.isinf(got.variance[0])
+
   def test_untied_pair_uses_each_beta(self):
     b1, b2 = 0.8, 0.95
     _, state = _feed(optax.adam(0.1, b1, b2), _grads_T(), PARAMS)
