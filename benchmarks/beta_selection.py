@@ -23,7 +23,7 @@ digits, noisy heterogeneous quadratics), at a fixed seed and recipe:
    selected beta. Seeds: the grid and the selector again at other seeds on
    some workloads, to read the gaps against seed-to-seed noise.
 
-The script prints the table and the targets of issue 14 with verdicts, and
+The script prints the table and its targets with verdicts, and
 writes ``benchmarks/results/beta_selection[_SIZE].json`` and a PNG. It never
 tunes a workload to the selector: the suite and recipes are fixed in
 ``SUITES`` before anything is measured.

@@ -67,7 +67,7 @@ import optax
 
 import balanced_optax as bo
 
-# The selection grid of [FH26c] (DESIGN.md section 3b): 1 - beta = 10^(-k/4),
+# The selection grid of [FH26c] (docs/choosing_beta.md): 1 - beta = 10^(-k/4),
 # k = 2..12.
 SELECTION_GRID = tuple(round(1.0 - 10.0 ** (-k / 4), 5) for k in range(2, 13))
 
