@@ -1,25 +1,19 @@
 r"""Gradient-scale invariance: the closed form and two measurements [FH26].
 
-Adam with :math:`\varepsilon = 0` is invariant to a *constant* rescaling of the
-gradient, :math:`u(c\,g) = u(g)`, for any betas. [FH26] asks for more: when the
-scale drifts, :math:`g_k \to c_k g_k` with :math:`c_k = e^{\delta k}`, the
-update should still not move to first order in :math:`\delta`. With a
-stationary gradient, :math:`m_k \approx c_k g\,(1 - \delta\beta_1/(1-\beta_1))`
-and :math:`\sqrt{v_k} \approx c_k |g|\,(1 - \delta\beta_2/(1-\beta_2))`, so
+Adam with :math:`\varepsilon = 0` is invariant to a constant rescaling of the
+gradient, :math:`u(c\,g) = u(g)`, for any betas. Under a drifting scale
+:math:`c_t = e^{\delta t}` and a stationary gradient its update moves to first
+order in :math:`\delta`,
 
 .. math::
 
-  \frac{u_k(c\,g)}{u_k(g)} = 1 + k\,\delta + O(\delta^2), \qquad
-  k = -\Bigl(\frac{\beta_1}{1-\beta_1} - \frac{\beta_2}{1-\beta_2}\Bigr),
+  \frac{u_t(c\,g)}{u_t(g)} = 1 + k\,\delta + O(\delta^2), \qquad
+  k = \frac{\beta_2}{1-\beta_2} - \frac{\beta_1}{1-\beta_1},
 
-and the first-order term vanishes exactly on the diagonal
-:math:`\beta_1 = \beta_2` (the two EMAs then lag by the same amount).
-
-* :func:`first_order_scale_coefficient` is the closed form :math:`k`.
-* :func:`scale_sensitivity` measures :math:`\|u(c g) - u(g)\| / \|u(g)\|` for
-  any optax transformation on any gradient sequence.
-* :func:`update_norm_stability` measures how much the update norm oscillates
-  under a rescaling pattern.
+and :math:`k = 0` exactly on the diagonal :math:`\beta_1 = \beta_2`.
+:func:`first_order_scale_coefficient` is :math:`k`; :func:`scale_sensitivity`
+and :func:`update_norm_stability` measure the response of any optax
+transformation. The derivation is in :doc:`research_tools`.
 """
 
 from collections.abc import Sequence
@@ -38,19 +32,14 @@ def first_order_scale_coefficient(beta1, beta2) -> float | np.ndarray:
 
   .. math::
 
-    k = -\Bigl(\frac{\beta_1}{1-\beta_1} - \frac{\beta_2}{1-\beta_2}\Bigr)
-      = (H_2 - 1) - (H_1 - 1), \qquad H_i = \frac{1}{1-\beta_i},
+    k = \frac{\beta_2}{1-\beta_2} - \frac{\beta_1}{1-\beta_1}, \qquad
+    \frac{u_t(c\,g)}{u_t(g)} = 1 + k\,\delta + O(\delta^2)
 
-  so that for :math:`c_k = e^{\delta k}` and a stationary gradient,
-  :math:`u_k(c g)/u_k(g) = 1 + k\delta + O(\delta^2)` once the EMAs have
-  forgotten their start. Derivation: an EMA of :math:`c_{k-j} x` with weights
-  :math:`(1-\beta)\beta^j` is :math:`c_k x (1-\beta)/(1-\beta e^{-\delta})
-  = c_k x (1 - \delta\beta/(1-\beta) + O(\delta^2))`; the second moment sees
-  :math:`c^2`, i.e. :math:`2\delta`, and its square root halves that again.
-  :math:`k > 0` (the usual :math:`\beta_1 < \beta_2`) means a growing gradient
-  scale inflates the update. :math:`k = 0` iff :math:`\beta_1 = \beta_2`; the
-  leading term there is second order,
-  :math:`-\tfrac{1}{2} a(1+a)\,\delta^2` with :math:`a = \beta/(1-\beta)`.
+  for :math:`c_t = e^{\delta t}` and a stationary gradient, once the EMAs
+  have forgotten their start. :math:`k > 0` (the usual
+  :math:`\beta_1 < \beta_2`) means a growing gradient scale inflates the
+  update; :math:`k = 0` iff :math:`\beta_1 = \beta_2`, where the response is
+  second order (see :doc:`research_tools`).
 
   Args:
     beta1: first-moment memory in [0, 1), a float or an array.
@@ -73,9 +62,8 @@ def first_order_scale_coefficient(beta1, beta2) -> float | np.ndarray:
   """
   b1 = _checks.unit_interval("beta1", beta1)
   b2 = _checks.unit_interval("beta2", beta2)
-  return _checks.float_or_array(
-    b2 / (1 - b2) - b1 / (1 - b1)
-  )  # = -(a1 - a2), without -0.0
+  # a2 - a1, not -(a1 - a2), which gives -0.0 on the diagonal.
+  return _checks.float_or_array(b2 / (1 - b2) - b1 / (1 - b1))
 
 
 def _stack_steps(grads: Any, scales: Any) -> tuple[Any, jax.Array]:
@@ -145,21 +133,17 @@ def scale_sensitivity(
 ) -> np.ndarray:
   r"""Per-step relative change of the update when the gradients are rescaled.
 
-  Runs two fresh copies of ``tx`` side by side, one on :math:`g_t` and one on
-  :math:`c_t g_t`, and returns
+  Runs two fresh copies of ``tx``, one on :math:`g_t` and one on
+  :math:`c_t g_t`, and returns (with global L2 norms over the pytree)
 
   .. math::
 
-    d_t = \frac{\|u_t(c\,g) - u_t(g)\|_2}{\|u_t(g)\|_2}
+    d_t = \frac{\|u_t(c\,g) - u_t(g)\|_2}{\|u_t(g)\|_2}.
 
-  (global L2 norms over the whole pytree). For Adam with :math:`\varepsilon=0`
-  a constant :math:`c` gives :math:`d_t = 0`; a slow drift
-  :math:`c_t = e^{\delta t}` gives :math:`d_t \to |k\,\delta|` with
-  :math:`k` = :func:`first_order_scale_coefficient`, which is 0 on the
-  diagonal :math:`\beta_1 = \beta_2` (there :math:`d_t = O(\delta^2)`).
-  ``params`` are held fixed: they only reach transforms that read them (e.g.
-  weight decay), so both copies see the same problem. Everything runs in one
-  ``jax.lax.scan`` under ``jax.jit``. Steps where :math:`u_t(g) = 0` give
+  For Adam with :math:`\varepsilon = 0` a constant :math:`c` gives
+  :math:`d_t = 0` and a drift :math:`c_t = e^{\delta t}` gives
+  :math:`d_t \to |k\,\delta|`, :math:`k` =
+  :func:`first_order_scale_coefficient`. Steps where :math:`u_t(g) = 0` give
   ``nan`` or ``inf``.
 
   Args:
@@ -169,8 +153,9 @@ def scale_sensitivity(
       leading time axis of length T. Any other container (tuple, dict, array)
       is read as the stacked form. All T steps are held in memory at once.
     scales: the scale :math:`c_t > 0` of each step, a 1-D array of length T.
-    params: params passed to ``tx.init`` and ``tx.update``; default zeros
-      shaped like one step's gradient.
+    params: params passed to ``tx.init`` and ``tx.update``, held fixed so that
+      both copies see the same problem; default zeros shaped like one step's
+      gradient.
 
   Returns:
     A NumPy array of shape [T] with :math:`d_t`.
@@ -207,30 +192,24 @@ def update_norm_stability(
   r"""Update norms under a gradient-rescaling pattern, and how much they oscillate.
 
   Runs a fresh copy of ``tx`` on :math:`c_t g_t` and returns the norms
-  :math:`n_t = \|u_t(c\,g)\|_2` and the oscillation
+  :math:`n_t = \|u_t(c\,g)\|_2` and their oscillation after ``warmup`` =
+  :math:`w` steps, the mean absolute log-ratio of consecutive norms:
 
   .. math::
 
     \mathrm{osc} = \frac{1}{T - w - 1} \sum_{t=w}^{T-2}
-      \Bigl|\ln \frac{n_{t+1}}{n_t}\Bigr|,
+      \Bigl|\ln \frac{n_{t+1}}{n_t}\Bigr|.
 
-  the mean absolute log-ratio of consecutive norms after ``warmup`` = w
-  steps: 0 for a constant norm (zero included; a step from or to a zero norm
-  counts :math:`\infty`), and scale-free (a multiplicative wobble of
-  :math:`1 \pm \epsilon` per step counts :math:`\approx\epsilon`). For
-  ``optax.sgd`` it equals the mean :math:`|\ln c_{t+1} - \ln c_t|` of the
-  pattern itself (for a fixed gradient); Adam with :math:`\varepsilon = 0`
-  divides the constant part of the scale out, and on the diagonal
-  :math:`\beta_1 = \beta_2` also its first-order drift [FH26]. To isolate the
-  optimizer's response, compare transformations on the same gradients.
-  ``params`` are held fixed as in :func:`scale_sensitivity`.
+  It is 0 for a constant norm (zero included; a step from or to a zero norm
+  counts :math:`\infty`) and scale-free. Compare transformations on the same
+  gradients to isolate the optimizer's response (see :doc:`research_tools`).
 
   Args:
     tx: any ``optax.GradientTransformation``.
     grads: a ``list`` of T gradient pytrees or a pytree with a leading time
       axis of length T (as in :func:`scale_sensitivity`).
     scales: the rescaling pattern :math:`c_t > 0`, a 1-D array of length T.
-    params: params for ``tx.init`` / ``tx.update``; default zeros.
+    params: params for ``tx.init`` / ``tx.update``, held fixed; default zeros.
     warmup: number of initial steps left out of the oscillation (the norms
       are all returned), 0 <= warmup <= T - 2.
 

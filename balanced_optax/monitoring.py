@@ -8,44 +8,36 @@ signal-to-noise ratio [OG25]: with mean :math:`\mu` and variance
 
   d = \frac{\mu}{\sqrt{\mu^2 + \sigma^2} + \varepsilon}
     = \operatorname{sign}(\mu)\,\rho, \qquad
-  \rho = \frac{|\mu|}{\sqrt{\mu^2 + \sigma^2} + \varepsilon}
-  \approx \frac{1}{\sqrt{1 + 1/\mathrm{SNR}}}, \qquad
+  \rho \approx \frac{1}{\sqrt{1 + 1/\mathrm{SNR}}}, \qquad
   \mathrm{SNR} = \frac{\mu^2}{\sigma^2}.
 
-:func:`moment_statistics` summarises these quantities over a model and
 :func:`moments_from_state` reads :math:`(\mu, \sigma^2)` out of an optimizer
-state, so a train step can log
-``moment_statistics(moments_from_state(opt_state, beta))``.
+state and :func:`moment_statistics` summarises them over a model, so a train
+step can log ``moment_statistics(moments_from_state(opt_state, beta))``.
+See :doc:`research_tools` for what each reads and what logging costs.
 """
 
 import collections.abc
-import dataclasses
+import itertools
+import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.tree_util import DictKey, GetAttrKey
+from jax.tree_util import GetAttrKey
+from optax.tree_utils import NamedTupleKey
 
 from balanced_optax import _checks, _tree
 from balanced_optax.adam import ScaleSafeAdamState
-from balanced_optax.moments import (
-  GradientMoments,
-  VarianceEmaState,
-  read_adam_moments,
-)
+from balanced_optax.moments import GradientMoments, VarianceEmaState, read_adam_moments
 
-# The second-moment field of each state read, by the state's field names.
-_MOMENT_TYPES = {
-  optax.ScaleByAdamState: "nu",
-  ScaleSafeAdamState: "rms",
-  VarianceEmaState: "variance",
-}
-_MOMENT_FIELDS = {frozenset(t._fields): second for t, second in _MOMENT_TYPES.items()}
-_INJECT_FIELDS = frozenset({"count", "hyperparams", "inner_state"})
+_MOMENT_STATES = (optax.ScaleByAdamState, ScaleSafeAdamState, VarianceEmaState)
 # Hyperparameter names that hold the Adam memory, most specific first: a Muon
 # optimizer's 'beta' is its momentum, and its Adam half has its own.
 _BETA_KEYS = (("adam_beta",), ("adam_b1", "adam_b2"), ("beta",), ("b1", "b2"))
+
+_Betas = tuple[Any, Any]
 
 
 def _leaf_name(path) -> str:
@@ -88,57 +80,34 @@ def moment_statistics(
 ) -> dict[str, jax.Array]:
   r"""Signal-to-noise statistics of the gradient moments, for logging.
 
-  Over the N coordinates i of the tree:
+  Over the :math:`N` coordinates :math:`i` of the tree, with mean
+  :math:`\mu_i` and variance :math:`\sigma_i^2`:
 
   .. math::
 
-    \mathrm{SNR}_i = \frac{\mu_i^2}{\sigma_i^2 + \varepsilon^2}, \qquad
-    \rho_i = \frac{|\mu_i|}{\sqrt{\mu_i^2 + \sigma_i^2} + \varepsilon}, \qquad
-    \text{update\_rms} = \Bigl(\frac{1}{N}\sum_i \rho_i^2\Bigr)^{1/2}.
+    \mathrm{SNR}_i = \frac{|\mu_i|^2}{\sigma_i^2 + \varepsilon^2}, \qquad
+    \rho_i = \frac{|\mu_i|}{\sqrt{|\mu_i|^2 + \sigma_i^2} + \varepsilon}, \qquad
+    \text{update\_rms} = \Bigl(\frac{1}{N}\sum_i \rho_i^2\Bigr)^{1/2},
 
-  For complex gradients :math:`\mu_i^2` reads :math:`|\mu_i|^2` and the
-  variance is the real :math:`E|g - \mu|^2` (as :func:`moments_from_state`
-  returns it). Leaves that are ``optax.MaskedNode`` (no moment state covers
-  them, e.g. Muon's matrices) hold no coordinates and are not counted.
-
-  Per coordinate, with mean :math:`\mu` and variance :math:`\sigma^2`:
-
-  * ``snr`` :math:`= \mu^2 / (\sigma^2 + \varepsilon^2)`; the floor
-    :math:`\varepsilon^2` keeps a noiseless coordinate finite (a constant
-    gradient of size 1 gives :math:`10^{16}` at the default eps; with
-    ``eps=0`` it is ``inf``). A zero coordinate (:math:`\mu = 0`, e.g. a
-    frozen parameter) counts as SNR 0 and :math:`\rho = 0`.
-  * sign-dominated: :math:`|\mu| > \sigma`, i.e. SNR > 1 (Adam's step is then
-    closer to Signum's than to a noise-damped one).
-  * shrinkage :math:`\rho = |\mu| / (\sqrt{\mu^2 + \sigma^2} + \varepsilon)`
-    in [0, 1]: 1 is a full sign step, 0 a fully damped one.
-  * the Adam direction :math:`d = \mu / (\sqrt{\mu^2+\sigma^2}+\varepsilon)`,
-    whose magnitude is :math:`\rho`, so its RMS is
-    :math:`\sqrt{\operatorname{mean}\rho^2}` (the update RMS before the
-    learning rate).
-
-  Returned keys (0-d arrays, averaged over all coordinates of the tree):
-  ``snr_mean``, ``snr_median`` (if ``median``), ``sign_dominated_fraction``,
-  ``shrinkage_mean``, ``update_rms``; with ``per_leaf=True`` also
-  ``f"{key}/{path}"`` for every leaf, e.g. ``"snr_mean/layers/0/kernel"``.
-
-  Cost: one elementwise pass and four sums per leaf, in at least float32; it
-  jits and runs inside a train step (on CPU about 2 ms per million
-  coordinates). The median is the expensive part: it concatenates all
-  coordinates (a copy of the model's size) and sorts them,
-  :math:`O(N \log N)`: on CPU about 0.25 s per million coordinates, ~100x the
-  rest (a GPU sort is much faster). Pass ``median=False`` when logging every
-  step, and log the median every few hundred steps instead.
+  and coordinate :math:`i` is sign-dominated when :math:`|\mu_i| > \sigma_i`.
+  :math:`\rho_i \in [0, 1]` is the magnitude of the Adam direction (1 a full
+  sign step, 0 a fully damped one). A zero coordinate counts as SNR 0 and
+  :math:`\rho = 0`; ``optax.MaskedNode`` leaves hold no coordinates. See
+  :doc:`research_tools` for complex moments and for what logging costs.
 
   Args:
     moments: :class:`GradientMoments` (e.g. from :func:`moments_from_state`,
       :func:`balanced_optax.tied_moments` or :func:`balanced_optax.variance_ema`).
     eps: Adam's eps, >= 0, used in :math:`\rho` and as the SNR floor.
     per_leaf: also report each leaf's statistics.
-    median: compute the median SNR (the costly one).
+    median: compute the median SNR (a sort of all coordinates, the costly
+      one; pass ``False`` when logging every step).
 
   Returns:
-    A flat dict of scalar arrays with the keys above.
+    A flat dict of 0-d arrays averaged over all coordinates: ``snr_mean``,
+    ``snr_median`` (if ``median``), ``sign_dominated_fraction``,
+    ``shrinkage_mean`` and ``update_rms``; with ``per_leaf=True`` also
+    ``f"{key}/{path}"`` per leaf, e.g. ``"snr_mean/layers/0/kernel"``.
 
   Raises:
     ValueError: if ``eps`` is not a real number >= 0, ``moments.mean`` and
@@ -205,109 +174,91 @@ def moment_statistics(
   return {**_finish(totals, size, all_snr, median), **stats}
 
 
-def _fields(node) -> dict[str, Any] | None:
-  """A node's fields by name, if it is a NamedTuple or a mapping (else None)."""
-  if isinstance(node, tuple) and hasattr(node, "_fields"):
-    return node._asdict()  # type: ignore[attr-defined]  # a NamedTuple
-  if isinstance(node, collections.abc.Mapping):
-    return dict(node)
-  return None
+def _from_flax_nnx(opt_state):
+  """The optax state in a flax nnx optimizer's state; any other state as is.
 
-
-def _second_field(node) -> str | None:
-  """The second-moment field name if ``node`` is a moment state, else None.
-
-  optax states are recognised by type. ``nnx.split`` turns every NamedTuple
-  of an optimizer state into a mapping of its fields, so there a mapping with
-  exactly a moment state's field names counts as one.
+  ``nnx.Optimizer.opt_state`` wraps each array in an ``nnx.Variable``;
+  ``nnx.split(optimizer)`` (and ``nnx.to_pure_dict`` of it) also turns each
+  NamedTuple into a mapping of its fields, and a chain's tuple into integer
+  keys. The arrays are unwrapped, and since a split state has lost the
+  NamedTuple types, in a state that is a mapping each mapping with exactly a
+  moment state's fields becomes that state again.
   """
-  if isinstance(node, tuple(_MOMENT_TYPES)):
-    return _MOMENT_TYPES[type(node)]
-  if isinstance(node, collections.abc.Mapping):
-    return _MOMENT_FIELDS.get(frozenset(node.keys()))
-  return None
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is not None:  # Else flax is not loaded and the state holds none of it.
+    opt_state = nnx.as_pure(opt_state)
+  by_fields = {frozenset(state._fields): state for state in _MOMENT_STATES}
+
+  def restore(node):
+    if not isinstance(node, collections.abc.Mapping):
+      return node
+    fields = {key: restore(value) for key, value in node.items()}
+    state = by_fields.get(frozenset(fields))
+    return fields if state is None else state(**fields)
+
+  return restore(opt_state)
 
 
-def _is_inject(node) -> bool:
-  """inject_hyperparams' state, as a NamedTuple or as nnx.split's mapping."""
-  if isinstance(
-    node, optax.InjectHyperparamsState | optax.InjectStatefulHyperparamsState
-  ):
-    return True
-  return isinstance(node, collections.abc.Mapping) and _INJECT_FIELDS <= set(node)
+def _where(path) -> str:
+  path = [GetAttrKey(k.name) if isinstance(k, NamedTupleKey) else k for k in path]
+  return jax.tree_util.keystr(tuple(path)) or "the root"
 
 
-def _scalar(x):
-  return jax.tree.leaves(x)[0]  # Unwraps nnx.OptArray / nnx.Variable.
+def _labels(path) -> list[Any]:
+  """The optax.partition labels on the way to a state (the keys of each
+  ``inner_states`` it is in), nearest first."""
+  # A field is a NamedTupleKey's name, or a DictKey's key in a split nnx state.
+  hops = [getattr(key, "name", getattr(key, "key", None)) for key in path]
+  pairs = itertools.pairwise(hops)
+  return [label for hop, label in pairs if hop == "inner_states"][::-1]
 
 
-def _betas_from_hyperparams(hyperparams) -> tuple[Any, Any] | None:
-  """(beta1, beta2) for the Adam states under an inject_hyperparams state."""
-  for keys in _BETA_KEYS:
-    if all(key in hyperparams for key in keys):
-      values = [_scalar(hyperparams[key]) for key in keys]
-      return values[0], values[-1]
-  return None
+def _label_for(path, beta) -> Any:
+  """The nearest partition label on the path that the beta mapping names."""
+  return next((label for label in _labels(path) if label in beta), None)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Found:
-  path: tuple[Any, ...]  # Key path of the moment state in the optimizer state.
-  fields: dict[str, Any]
-  second: str  # "nu", "rms" or "variance".
-  hyperparam_betas: tuple[Any, Any] | None  # From the nearest inject state.
-
-  @property
-  def where(self) -> str:
-    return jax.tree_util.keystr(self.path) or "the root"
-
-  @property
-  def labels(self) -> list[str]:
-    """Dict keys on the way to the state (partition labels), nearest first."""
-    keys = [k.key for k in self.path if isinstance(k, DictKey)]
-    return [k for k in reversed(keys) if isinstance(k, str)]
-
-
-def _find_moment_states(tree, prefix=(), betas=None) -> list[_Found]:
-  """Every moment state in tree order, with the nearest inject_hyperparams' betas."""
-  is_node = lambda x: _second_field(x) is not None or _is_inject(x)
+def _moment_states(opt_state) -> list[tuple[Any, Any]]:
+  """(path, state) of each moment state in ``opt_state`` that holds coordinates."""
   found = []
-  for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_node)[0]:
-    path = prefix + path
-    fields = _fields(node)
-    if fields is None:  # A leaf: neither a moment state nor inject_hyperparams.
-      continue
-    second = _second_field(node)
-    if second is not None:
-      found.append(_Found(path, fields, second, betas))
-    elif _is_inject(node):
-      key = GetAttrKey if isinstance(node, tuple) else DictKey
-      inner_betas = _betas_from_hyperparams(fields["hyperparams"]) or betas
-      found += _find_moment_states(
-        fields["inner_state"], (*path, key("inner_state")), inner_betas
-      )
+  for state_type in _MOMENT_STATES:
+    for path, state in optax.tree.get_all_with_path(opt_state, state_type.__name__):
+      # Past the count, Muon's Adam group over matrices only holds no array.
+      if isinstance(state, state_type) and jax.tree.leaves(state[1:]):
+        found.append((path, state))
   return found
 
 
-def _is_empty(found: _Found) -> bool:
-  """No array under the state's mean (e.g. Muon's Adam group with no leaves)."""
-  return not jax.tree.leaves(
-    found.fields["mu" if found.second != "variance" else "mean"]
-  )
+def _injected_betas(opt_state) -> list[tuple[Any, _Betas]]:
+  """(path, betas) of each inject_hyperparams state that names an Adam memory,
+  innermost first."""
+  is_mapping = lambda _, value: isinstance(value, collections.abc.Mapping)
+  found = []
+  for path, hyperparams in optax.tree.get_all_with_path(
+    opt_state, "hyperparams", is_mapping
+  ):
+    for names in _BETA_KEYS:
+      if all(name in hyperparams for name in names):
+        betas = (hyperparams[names[0]], hyperparams[names[-1]])
+        found.append((path[:-1], betas))
+        break
+  return sorted(found, key=lambda item: -len(item[0]))
 
 
-def _label_for(found: _Found, beta) -> str | None:
-  """The nearest dict key on the state's path that the beta mapping names."""
-  return next((label for label in found.labels if label in beta), None)
-
-
-def _resolve_betas(found: _Found, beta) -> tuple[Any, Any] | None:
+def _betas_for(path, beta, injected) -> _Betas | None:
+  """A state's betas: from ``beta``, else from the innermost
+  inject_hyperparams state around it (None if neither has one)."""
   if isinstance(beta, collections.abc.Mapping):
-    label = _label_for(found, beta)
-    return found.hyperparam_betas if label is None else _as_pair(beta[label])
-  if beta is not None:
+    label = _label_for(path, beta)
+    if label is not None:
+      return _as_pair(beta[label])
+  elif beta is not None:
     return _as_pair(beta)
-  return found.hyperparam_betas
+  return next((betas for at, betas in injected if path[: len(at)] == at), None)
+
+
+def _as_pair(value) -> _Betas:
+  return tuple(value) if isinstance(value, tuple | list) else (value, value)
 
 
 def _check_beta_argument(beta) -> None:
@@ -332,36 +283,31 @@ def _check_beta_argument(beta) -> None:
       _checks.check_beta(name, value)
 
 
-def _as_pair(value) -> tuple[Any, Any]:
-  return tuple(value) if isinstance(value, tuple | list) else (value, value)
-
-
-def _read(found: _Found, betas) -> GradientMoments:
+def _read(state, betas: _Betas | None) -> GradientMoments:
   """Debiased (mean, real variance) of one moment state, in at least float32."""
-  fields = found.fields
-  if found.second == "variance":
-    mean = _tree.upcast(fields["mean"])
-    variance = jax.tree.map(jnp.real, _tree.upcast(fields["variance"]))
-    return GradientMoments(mean, variance)
+  if isinstance(state, VarianceEmaState):
+    variance = jax.tree.map(jnp.real, _tree.upcast(state.variance))
+    return GradientMoments(_tree.upcast(state.mean), variance)
+  if isinstance(state, ScaleSafeAdamState):
+    nu = jax.tree.map(lambda rms: jnp.square(_tree.upcast(rms)), state.rms)
+  else:
+    nu = state.nu
+  assert betas is not None, "an Adam state is read with its betas"
   # count 0 (no update yet): the moments are 0, and so are mean and variance.
-  count = jnp.maximum(_scalar(fields["count"]), 1)
-  second = fields[found.second]
-  if found.second == "rms":
-    second = jax.tree.map(lambda r: jnp.square(_tree.upcast(r)), second)
-  return read_adam_moments(fields["mu"], second, count, *betas)
+  count = jnp.maximum(state.count, 1)
+  return read_adam_moments(state.mu, nu, count, *betas)
 
 
-def _merge(parts: list[tuple[_Found, GradientMoments]]) -> GradientMoments:
-  """One GradientMoments from several states over disjoint parts of one tree."""
-  if len(parts) == 1:
-    return parts[0][1]
+def _merge(parts: list[tuple[str, GradientMoments]]) -> GradientMoments:
+  """One GradientMoments from states over disjoint parts of one params tree,
+  with ``optax.MaskedNode`` where no state covers a leaf."""
   is_hole = lambda x: isinstance(x, optax.MaskedNode)
-  flat = [jax.tree.flatten(m, is_leaf=is_hole) for _, m in parts]
+  flat = [jax.tree.flatten(moments, is_leaf=is_hole) for _, moments in parts]
   treedef = flat[0][1]
-  if any(t != treedef for _, t in flat):
+  if any(other != treedef for _, other in flat):
     raise ValueError(
       "moments_from_state found moment states over different trees at "
-      + ", ".join(found.where for found, _ in parts)
+      + ", ".join(where for where, _ in parts)
       + "; they cannot be merged into one GradientMoments. Pass each one's"
       " sub-state to moments_from_state separately."
     )
@@ -372,7 +318,7 @@ def _merge(parts: list[tuple[_Found, GradientMoments]]) -> GradientMoments:
       raise ValueError(
         f"moments_from_state found two moment states over the same coordinates"
         f" (leaf {position} of the mean/variance tree) at "
-        + " and ".join(parts[i][0].where for i in owners)
+        + " and ".join(parts[i][0] for i in owners)
         + ": ambiguous. Pass the sub-state you want to moments_from_state."
       )
     merged.append(leaves[owners[0]] if owners else optax.MaskedNode())
@@ -383,66 +329,38 @@ def moments_from_state(
   opt_state: optax.OptState,
   beta: float
   | tuple[float, float]
-  | collections.abc.Mapping[str, float | tuple[float, float]]
+  | collections.abc.Mapping[Any, float | tuple[float, float]]
   | None = None,
 ) -> GradientMoments | None:
   r"""The debiased gradient mean and variance held in an optimizer state.
 
-  Walks any optax state tree (``chain``, ``inject_hyperparams``,
-  ``apply_if_finite``, ``MultiSteps``, ``masked``, ``partition`` /
-  ``multi_transform``), ``flax.nnx.Optimizer.opt_state`` and the pure state of
-  ``nnx.split(optimizer)`` that a jitted train step carries, and reads every
-  moment state it finds:
+  Finds every ``optax.ScaleByAdamState``, ``ScaleSafeAdamState`` (with
+  :math:`\nu = \text{rms}^2`) and ``VarianceEmaState`` in ``opt_state``, in
+  any optax wrapper and in a flax nnx optimizer's state, and reads each Adam
+  state as :func:`balanced_optax.tied_moments` emits it: with
+  :math:`c_i = 1 - \beta_i^{\max(\text{count}, 1)}`,
 
-  * ``optax.ScaleByAdamState(count, mu, nu)`` (``optax.adam``,
-    :func:`balanced_optax.balanced_adam`, :func:`balanced_optax.tied_moments`):
-    with :math:`c_i = 1 - \beta_i^{\max(\text{count}, 1)}`,
+  .. math::
 
-    .. math::
+    \text{mean} = \mu / c_1, \qquad
+    \text{variance} = \max(\operatorname{Re}\nu / c_2 - |\text{mean}|^2,\ 0),
 
-      \text{mean} = \mu / c_1, \qquad
-      \text{variance} = \max(\operatorname{Re}\nu / c_2 - |\text{mean}|^2,\ 0)
-
-    (for complex params the mean is complex and the variance
-    :math:`E|g - \text{mean}|^2` real);
-  * ``ScaleSafeAdamState(count, mu, rms)`` (``scale_safe=True``): the same
-    with :math:`\nu = \text{rms}^2`;
-  * ``VarianceEmaState(count, mean, variance)``
-    (:func:`balanced_optax.variance_ema`): its fields as they are (they are
-    the debiased moments when ``debias=True``; no beta is needed).
-
-  States that hold no coordinates (e.g. the empty Adam group inside
-  ``optax.contrib.muon`` when every leaf it sees is a matrix) are skipped.
-  Every other state is read with its own beta, and the results are merged
-  into one :class:`GradientMoments` shaped like the params: under
-  ``optax.partition`` or ``optax.masked`` each state covers some leaves and
-  holds ``optax.MaskedNode`` holes elsewhere, so the merged tree has each
-  covered leaf's moments and a ``MaskedNode`` (no coordinates) where no
-  moment state covers the leaf (e.g. Muon's matrices).
-  :func:`moment_statistics` then reports all covered coordinates together
-  (``per_leaf=True`` names each leaf by its path in the params).
-
-  States are recognised by their type, not by the optimizer that made them:
-  ``optax.adamax`` and ``optax.yogi`` also keep an ``optax.ScaleByAdamState``,
-  but their ``nu`` is not an EMA of :math:`g^2` (a running max, a
-  sign-driven update), so their "variance" here means nothing. In a split
-  nnx state the NamedTuple types are gone, so any mapping with exactly the
-  fields ``{count, mu, nu}`` is read as Adam's (``optax.adabelief``'s state
-  too). Before the first update (count 0) the moments are zero.
-  For an untied Adam state (:math:`\beta_1 \ne \beta_2`) the "variance" mixes
-  two memories and is only a rough estimate.
+  and a ``VarianceEmaState`` as it is. States over disjoint leaves (under
+  ``optax.partition`` or ``optax.masked``) are merged into one tree shaped
+  like the params, with ``optax.MaskedNode`` where no state covers a leaf;
+  states with no coordinates (Muon's Adam group over matrices only) are
+  skipped. See :doc:`research_tools` for the wrappers, nnx states and which
+  optimizers' states read meaningfully.
 
   Args:
     opt_state: an optimizer state; jit-traced states are fine.
-    beta: the EMA memory to debias with, for the states that need one: a
-      float (tied), a pair ``(beta1, beta2)``, or a mapping from partition
-      labels to either, for several groups with different betas, e.g.
-      ``{"embed": 0.99, "rest": 0.95}`` (a state takes the entry of the
-      nearest enclosing dict key found in the mapping). Where ``beta`` gives
-      none, the beta comes from the nearest enclosing
-      ``optax.inject_hyperparams`` state: its ``'adam_beta'``, ``'adam_b1'``
-      and ``'adam_b2'`` (Muon's Adam half), ``'beta'``, or ``'b1'`` and
-      ``'b2'``, the first present.
+    beta: the EMA memory to debias Adam states with: a float (tied), a pair
+      ``(beta1, beta2)``, or a mapping from ``optax.partition`` labels (any
+      hashable) to either, e.g. ``{"embed": 0.99, "rest": 0.95}``; a state
+      takes the entry of the nearest enclosing label the mapping names. Where
+      ``beta`` gives none, the nearest enclosing ``optax.inject_hyperparams``
+      state's ``'adam_beta'``, ``'adam_b1'`` and ``'adam_b2'`` (Muon's Adam
+      half), ``'beta'``, or ``'b1'`` and ``'b2'`` (the first present) is used.
 
   Returns:
     :class:`GradientMoments` (mean, variance) in at least float32, each a
@@ -451,10 +369,9 @@ def moments_from_state(
 
   Raises:
     ValueError: if ``beta`` (or an entry of it) is not a memory in [0, 1) or a
-      pair of them, an Adam state is found but no beta is known for it, a
-      label of a ``beta`` mapping is on no state's path, or the states found
-      cannot be merged (they cover the same coordinates, or
-      different trees); the message names the states' paths.
+      pair of them, an Adam state has no beta, a label of a ``beta`` mapping
+      is on no state's path, or the states cover the same coordinates or
+      different trees; the message names the states' paths.
 
   Example:
     Two balanced groups with their own betas, one read from
@@ -485,34 +402,33 @@ def moments_from_state(
     Orvieto & Gower, In Search of Adam's Secret Sauce, arXiv 2505.21829, 2025.
   """
   _check_beta_argument(beta)
-  found = [f for f in _find_moment_states(opt_state) if not _is_empty(f)]
+  opt_state = _from_flax_nnx(opt_state)
+  found = _moment_states(opt_state)
   if isinstance(beta, collections.abc.Mapping):
-    unused = set(beta) - {_label_for(f, beta) for f in found}
+    used = [_label_for(path, beta) for path, _ in found]
+    unused = [label for label in beta if label not in used]
     if unused:
       raise ValueError(
-        f"beta names labels {sorted(unused)} that are on no moment state's path;"
+        f"beta names labels {unused} that are on no moment state's path;"
         " the states found are at "
-        + (", ".join(f"{f.where} (dict keys {f.labels})" for f in found) or "none")
+        + (", ".join(f"{_where(p)} (labels {_labels(p)})" for p, _ in found) or "none")
         + "."
       )
   if not found:
     return None
+  injected = _injected_betas(opt_state)
   parts, missing = [], []
-  for state in found:
-    betas = None if state.second == "variance" else _resolve_betas(state, beta)
-    if betas is None and state.second != "variance":
-      missing.append(state)
+  for path, state in found:
+    betas = _betas_for(path, beta, injected)
+    if betas is None and not isinstance(state, VarianceEmaState):
+      missing.append(f"an Adam moment state at {_where(path)} (labels {_labels(path)})")
     else:
-      parts.append((state, _read(state, betas)))
+      parts.append((_where(path), _read(state, betas)))
   if missing:
     raise ValueError(
-      "moments_from_state found "
-      + ", ".join(
-        f"an Adam moment state at {s.where} (dict keys on its path: {s.labels})"
-        for s in missing
-      )
-      + " but no beta to debias it with: pass beta=<float>, beta=(b1, b2), or"
-      " beta={label: beta} for several groups, or build the optimizer with"
-      " optax.inject_hyperparams so that 'beta' is in its hyperparams."
+      f"moments_from_state found {', '.join(missing)} but no beta to debias it"
+      " with: pass beta=<float>, beta=(b1, b2), or beta={label: beta} for"
+      " several groups, or build the optimizer with optax.inject_hyperparams"
+      " so that 'beta' is in its hyperparams."
     )
   return _merge(parts)

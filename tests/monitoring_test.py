@@ -403,6 +403,20 @@ class TestSeveralMomentStates:
       moments.mean["b"], _tied_reference(grads_T["b"], 0.9)[0], rtol=1e-5
     )
 
+  def test_integer_partition_labels_name_their_betas(self):
+    # optax.partition takes any hashable label; a beta mapping names the same.
+    tx = optax.partition(
+      {0: alias.balanced_adam(0.1, 0.5), 1: alias.balanced_adam(0.1, 0.9)},
+      {"w": 0, "b": 1},
+    )
+    grads_T = _grads_T()
+    _, state = _feed(tx, grads_T, PARAMS)
+    moments = monitoring.moments_from_state(state, beta={0: 0.5, 1: 0.9})
+    for leaf, beta in (("w", 0.5), ("b", 0.9)):
+      mean, variance = _tied_reference(grads_T[leaf], beta)
+      np.testing.assert_allclose(moments.mean[leaf], mean, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(moments.variance[leaf], variance, atol=2e-5)
+
   def test_muon_partition_skips_muons_empty_adam_state(self):
     labels = {"w": "matrices", "b": "vectors"}
     tx = optax.partition(
@@ -514,6 +528,30 @@ class TestFlaxNnxStates:
     moments, stats = log(state)
     self._check(moments, grads_T)
     assert {"update_rms/hidden/kernel", "update_rms/head/bias"} <= set(stats)
+
+  def test_split_state_with_integer_labels(self):
+    # nnx.split turns each chain's tuple into integer keys too: the label of
+    # group 1 is its partition key 1, not the position 0 in its chain.
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    labels = lambda p: jax.tree.map(lambda x: x.ndim - 1, p)  # bias 0, kernel 1.
+    tx = optax.partition(
+      {0: alias.balanced_adam(0.1, 0.5), 1: alias.balanced_adam(0.1, BETA)}, labels
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    for step in range(3):
+      grads = jax.tree.map(
+        lambda p, step=step: jnp.full_like(p, 1.0 + step), nnx.state(model, nnx.Param)
+      )
+      optimizer.update(model, grads)
+    _, state = nnx.split(optimizer)
+    moments = monitoring.moments_from_state(state, {0: 0.5, 1: BETA})
+    mean = jax.tree_util.tree_leaves_with_path(moments.mean)
+    means = {monitoring._leaf_name(path): value for path, value in mean}
+    grads_T = np.array([1.0, 2.0, 3.0])
+    for name, beta in (("bias", 0.5), ("kernel", BETA)):
+      want = _tied_reference(grads_T, beta)[0]
+      np.testing.assert_allclose(means[name], want, rtol=1e-6)
 
 
 def test_a_beta_label_that_matches_no_group_is_an_error():
