@@ -1,21 +1,10 @@
-"""Storing float32 moments in bfloat16 without stalling the EMA (private).
+"""Stores float32 moments in bfloat16 without stalling the EMA (private).
 
-An EMA with memory beta moves by (1 - beta) (x - m) per step. Once that is
-below half a bfloat16 ulp (2^-9 relative), round-to-nearest throws every step
-away and the stored moment stops tracking its target: with beta = 0.999 a
-bfloat16 second moment ends tens of percent off. Stochastic rounding keeps the
-stored value unbiased, so the EMA converges as in float32, only noisier.
-
-The random bits are a hash of (step count, moment, the value being rounded):
-no key in the state, and nothing that depends on where the element sits or
-how the array is laid out. So a rerun or a resumed run is bit-identical, and
-``jit`` with any sharding, ``shard_map`` (where each shard sees only its local
-block and cannot know its global index) and a single device all store the
-same bfloat16 state, while different elements draw different bits. The price:
-elements holding exactly the same float32 value in the same step round the
-same way. Each one is still rounded up with probability equal to its cut
-fraction over the steps (the seed changes every step), so the EMA stays
-unbiased; equal coordinates simply stay equal, as they would in float32.
+Round-to-nearest throws away every EMA step below half a bfloat16 ulp;
+stochastic rounding keeps the stored moment unbiased. The bits are a hash of
+the step count, the moment and the value, so the stored state does not depend
+on sharding or layout. See docs/guarantees.md, "bfloat16 state is rounded
+stochastically".
 """
 
 from typing import Any
@@ -48,14 +37,11 @@ def index_bits(shape: tuple[int, ...], seed: jax.Array) -> jax.Array:
 
 
 def _stochastic_bfloat16(x: jax.Array, seed: jax.Array) -> jax.Array:
-  """Rounds float32 to bfloat16 up with probability equal to the cut fraction.
-
-  Adding 16 random bits below the bfloat16 mantissa and truncating rounds the
-  magnitude up with exactly that probability; zeros, infinities and quiet
-  NaNs (the only NaNs arithmetic makes) pass through unchanged. No select on
-  the side: a second consumer of x would make XLA split the fusion and copy
-  the donated state.
-  """
+  """Rounds float32 to bfloat16 up with probability equal to the cut fraction."""
+  # 16 random bits added below the bfloat16 mantissa, then truncated: zeros,
+  # infinities and quiet NaNs (the only NaNs arithmetic makes) pass unchanged.
+  # No select on the side: a second consumer of x would make XLA split the
+  # fusion and copy the donated state.
   raw = lax.bitcast_convert_type(x, jnp.uint32)
   # One odd multiply (Knuth's multiplicative hash), its top 16 bits: for a
   # fixed value, (raw ^ seed) runs over all of uint32 as the seed does, so the
@@ -69,13 +55,10 @@ def _stochastic_bfloat16(x: jax.Array, seed: jax.Array) -> jax.Array:
 
 
 def _stochastic_bfloat16_from_64(x: jax.Array, seed: jax.Array) -> jax.Array:
-  """The same for float64 (x64 on): the cut is the low 45 of 52 mantissa bits.
-
-  32 random bits fill the top of the cut, so the round-up probability is the
-  cut fraction to within 2^-32 of an ulp. The truncated value has bfloat16's
-  7 mantissa bits, so the final cast is exact (except in bfloat16's subnormal
-  range, below 1.2e-38, where it rounds to nearest).
-  """
+  """The same from float64 (x64 on): the cut is the low 45 of 52 mantissa bits."""
+  # 32 random bits fill the top of the cut: the round-up probability is the
+  # cut fraction to 2^-32 of an ulp. The final cast is exact (but in bfloat16's
+  # subnormal range, below 1.2e-38, where it rounds to nearest).
   raw = lax.bitcast_convert_type(x, jnp.uint64)
   high = (raw >> 32).astype(jnp.uint32)
   bits = mix(mix(high ^ seed) ^ raw.astype(jnp.uint32)).astype(jnp.uint64)
@@ -86,10 +69,8 @@ def _stochastic_bfloat16_from_64(x: jax.Array, seed: jax.Array) -> jax.Array:
 def store(new: Any, old: Any, *, count: jax.Array, salt: int, stochastic: bool) -> Any:
   """Casts each leaf of ``new`` to the dtype of ``old`` (the stored state).
 
-  float32 and float64 values bound for bfloat16 storage are rounded
-  stochastically when ``stochastic``; everything else is cast with
-  round-to-nearest. ``salt`` tells apart the moments of one transform (0 for
-  the first, 1 for the second), so that they draw different bits.
+  Values bound for bfloat16 are rounded stochastically when ``stochastic``,
+  others to nearest; ``salt`` gives each moment of a transform its own bits.
   """
   leaves, treedef = jax.tree.flatten(old)
   news = treedef.flatten_up_to(new)
@@ -107,3 +88,13 @@ def store(new: Any, old: Any, *, count: jax.Array, salt: int, stochastic: bool) 
     else:
       stored.append(n.astype(o.dtype))
   return jax.tree.unflatten(treedef, stored)
+
+
+def store_moments(
+  new: tuple[Any, ...], old: tuple[Any, ...], *, count: jax.Array, stochastic: bool
+) -> tuple[Any, ...]:
+  """:func:`store` for each moment of a state, each with its own bits."""
+  return tuple(
+    store(n, o, count=count, salt=salt, stochastic=stochastic)
+    for salt, (n, o) in enumerate(zip(new, old, strict=True))
+  )

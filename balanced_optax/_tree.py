@@ -1,4 +1,4 @@
-"""Small tree and dtype helpers shared by the transforms (private)."""
+"""Tree and dtype helpers shared by the transforms (private)."""
 
 import numbers
 from typing import Any
@@ -7,12 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from balanced_optax import _checks
+
 
 def compute_dtype(dtype: Any) -> np.dtype:
-  """The arithmetic dtype for values stored in ``dtype``: at least float32.
-
-  complex64 stays complex64, float64 and complex128 (under x64) stay 64-bit.
-  """
+  """The arithmetic dtype for values stored in ``dtype``: at least float32."""
   return jnp.promote_types(dtype, jnp.float32)
 
 
@@ -22,9 +21,8 @@ def real_dtype(dtype: Any) -> np.dtype:
 
 
 def as_arrays(tree: Any) -> Any:
-  """Each leaf as something with a shape and a dtype: Python scalars become
-  jax arrays, as optax accepts them; arrays, tracers and abstract leaves
-  (``jax.ShapeDtypeStruct``, which ``init`` takes as optax's does) pass."""
+  """Python scalars as jax arrays; anything with a shape and a dtype as it is."""
+  # Abstract leaves (jax.ShapeDtypeStruct) pass: init takes them, as optax's.
   return jax.tree.map(
     lambda x: x if hasattr(x, "shape") and hasattr(x, "dtype") else jnp.asarray(x),
     tree,
@@ -32,18 +30,13 @@ def as_arrays(tree: Any) -> Any:
 
 
 def real_hyperparameter(value: Any) -> Any:
-  """The real part of a hyperparameter that ``optax.inject_hyperparams`` cast
-  to complex params' dtype (its imaginary part is 0); anything else as is."""
+  """The real part of a hyperparameter cast to complex by inject_hyperparams."""
   return jnp.real(value) if np.iscomplexobj(value) else value
 
 
 def upcast(tree: Any) -> Any:
-  """Each leaf in at least float32: the arithmetic dtype of the transforms.
-
-  Low-precision state (``state_dtype=jnp.bfloat16``) and low-precision
-  gradients are read into float32, updated there, and cast back on the way
-  out, so an EMA increment of (1 - beta) * g is not rounded away in bfloat16.
-  """
+  """Each leaf in its arithmetic dtype (:func:`compute_dtype`)."""
+  # An EMA increment (1 - beta) g would be rounded away in bfloat16.
   return jax.tree.map(lambda x: x.astype(compute_dtype(x.dtype)), tree)
 
 
@@ -67,14 +60,9 @@ def _state_dtype_for(param_dtype: Any, state_dtype: Any, real: bool) -> np.dtype
 
 
 def zeros_for_state(params: Any, state_dtype: Any, *, real: bool = False) -> Any:
-  """Zero moments: in state_dtype, or by default in the params' dtype.
+  """Zero moments in ``state_dtype`` (``None``: the params', float32 for float16).
 
-  The default makes one exception: float16 params get float32 moments, since
-  float16 tops out at 65504 and g**2 passes that for any |g| > 256. For
-  complex params a real ``state_dtype`` (float32 or float64) means the complex
-  dtype of that precision; bfloat16 and float16 have no complex form and raise
-  ValueError. ``real=True`` gives the real dtype of that precision (for a
-  variance, which is real even where the params are complex).
+  ``real=True`` gives the real dtype of that precision (for a variance).
   """
   # zeros_like, not zeros(shape): the state keeps the params' sharding.
   return jax.tree.map(
@@ -84,17 +72,12 @@ def zeros_for_state(params: Any, state_dtype: Any, *, real: bool = False) -> Any
 
 
 def update_dtype(grad: Any, state: Any, param: Any = None) -> np.dtype:
-  """The dtype of optax.adam's update for one leaf: promote(params, grads).
-
-  Without the params, the stored moment stands in for them: it has the
-  params' dtype by default, except that float16 params keep float32 moments,
-  so float32 state with float16 gradients is read as float16 params. Pass the
-  params to ``update`` to make the rare mixes (float16 gradients for float32
-  params, low-precision state with low-precision gradients) exact.
-  """
+  """The dtype of optax.adam's update for one leaf: promote(params, grads)."""
   grad_dtype = jnp.dtype(grad.dtype)
   if param is not None:
     return jnp.promote_types(param.dtype, grad_dtype)
+  # Without params the stored moment stands in for them; float32 state with
+  # float16 gradients is what float16 params get by default.
   state_dtype = jnp.dtype(state.dtype)
   if grad_dtype == jnp.float16 and state_dtype == jnp.float32:
     return grad_dtype
@@ -121,14 +104,31 @@ def update_dtypes(grads: Any, state: Any, params: Any = None) -> tuple[np.dtype,
   )
 
 
-def where_finite(grads: Any, new: Any, fallback: Any) -> Any:
-  """``new`` where the gradient is finite, ``fallback`` elsewhere (leafwise).
+def gradients(
+  what: str, updates: Any, moment: Any, params: Any
+) -> tuple[Any, tuple[np.dtype, ...]]:
+  """The gradients as arrays, checked against a moment of the state, and the
+  dtype of optax.adam's update for each leaf (see :func:`update_dtype`)."""
+  _checks.check_same_structure(what, updates, moment)
+  updates = as_arrays(updates)
+  return updates, update_dtypes(updates, moment, params)
+
+
+def guard(grads: Any, new: Any, old: Any, hold: Any = 1) -> Any:
+  """``new`` where the gradient is finite, ``hold * old`` elsewhere (leafwise).
 
   A complex gradient is finite where both its parts are (``jnp.isfinite``).
   """
   return jax.tree.map(
-    lambda g, n, f: jnp.where(jnp.isfinite(g), n, f), grads, new, fallback
+    lambda g, n, o: jnp.where(jnp.isfinite(g), n, hold * o), grads, new, old
   )
+
+
+def hold_factor(beta, count):
+  """:math:`c_k / c_{k-1}`: it keeps a debiased moment where g is not finite."""
+  # At the first step the moments are zero and stay zero; any finite factor does.
+  c_now, c_before = 1 - beta**count, 1 - beta ** (count - 1)
+  return jnp.where(count > 1, c_now / jnp.where(count > 1, c_before, 1), 1)
 
 
 def unzip(template: Any, tree_of_tuples: Any, n: int) -> tuple[Any, ...]:
@@ -146,23 +146,11 @@ def abs2(x: jax.Array) -> jax.Array:
 
 
 def ema(beta, new: jax.Array, old: jax.Array) -> jax.Array:
-  """``(1 - beta) new + beta old``, one EMA step, with ``0 * inf = 0``.
-
-  With ``beta = 0`` the EMA has no memory, so a moment that overflowed to
-  inf at the last step (a finite gradient whose square overflows) must not
-  come back as ``0 * inf = NaN``. A static ``beta`` costs nothing extra; a
-  traced one adds one select.
-  """
+  """``(1 - beta) new + beta old``, one EMA step, with ``0 * inf = 0``."""
+  # With beta = 0 a moment that overflowed to inf at the last step must be
+  # forgotten, not come back as 0 * inf = NaN. A static beta costs nothing
+  # extra; a traced one adds one select.
   if isinstance(beta, numbers.Real):
     b = float(beta)
     return new if b == 0 else (1 - b) * new + b * old
   return (1 - beta) * new + jnp.where(beta == 0, jnp.zeros_like(old), beta * old)
-
-
-def hold_factor(beta, count):
-  """c_k / c_{k-1}: what keeps m / c (the debiased moment) where g is skipped.
-
-  At the first step the moments are zero and stay zero; any finite factor does.
-  """
-  c_now, c_before = 1 - beta**count, 1 - beta ** (count - 1)
-  return jnp.where(count > 1, c_now / jnp.where(count > 1, c_before, 1), 1)

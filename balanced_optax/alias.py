@@ -1,6 +1,5 @@
 """Balanced Adam optimizers, as chains of the transforms (like optax.alias)."""
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -9,14 +8,6 @@ import optax
 
 from balanced_optax import _checks
 from balanced_optax.adam import scale_by_balanced_adam
-
-# The aliases take every argument of the fused transform under its name.
-_FUSED_ARGUMENTS = tuple(inspect.signature(scale_by_balanced_adam).parameters)
-
-
-def _fused(arguments: dict[str, Any]) -> optax.GradientTransformation:
-  """scale_by_balanced_adam called with its arguments out of an alias' own."""
-  return scale_by_balanced_adam(**{name: arguments[name] for name in _FUSED_ARGUMENTS})
 
 
 def balanced_adam(
@@ -31,7 +22,7 @@ def balanced_adam(
   guard_nonfinite: bool = True,
   stochastic_rounding: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Adam with its two memories tied: beta1 = beta2 = beta.
+  r"""Adam with its two memories tied: :math:`\beta_1 = \beta_2 = \beta`.
 
   .. math::
 
@@ -42,36 +33,26 @@ def balanced_adam(
       {\sqrt{v_k / (1-\beta^k) + \varepsilon_r} + \varepsilon}.
 
   Equal to ``optax.adam(learning_rate, b1=beta, b2=beta, eps=eps,
-  eps_root=eps_root, nesterov=nesterov)`` (to float rounding, and with the same
-  state), on real and complex params alike, so an ``optax.adam`` call with
-  ``b1 = b2`` ports by renaming. Updates come back in the dtype
-  ``optax.adam``'s would have (that of the params and gradients: float32 for
-  float32 params with bfloat16 gradients). What tying buys: the update is a
-  Signum step shrunk by the gradient's signal-to-noise ratio, and it is
-  invariant to first order to a slowly drifting gradient scale [FH26].
-  ``beta=0.95`` is a good default for language models [OG25]; larger models
-  and smaller batches want a longer memory (see ``balanced_optax.beta_rules``).
-
-  The chain is ``scale_by_balanced_adam(beta, eps)`` then
-  ``optax.scale_by_learning_rate(learning_rate)``. Every numeric
-  hyperparameter works with ``optax.inject_hyperparams``, so ``beta`` can be
-  scheduled or changed mid-training.
+  eps_root=eps_root, nesterov=nesterov)``, state included (see
+  :doc:`guarantees`). Tied, the update is a Signum step shrunk by the
+  gradient's signal-to-noise ratio, and it is invariant to first order to a
+  slowly drifting gradient scale (see :doc:`math`). ``beta=0.95`` is a good
+  default for language models; :doc:`choosing_beta` gives rules. The chain
+  is :func:`scale_by_balanced_adam` then ``optax.scale_by_learning_rate``.
 
   Args:
     learning_rate: a constant >= 0 or an optax schedule.
     beta: the one memory of both moments, in [0, 1).
     eps: added to the denominator, >= 0.
-    eps_root: added inside the square root, >= 0 (``optax.adam``'s).
+    eps_root: added inside the square root, >= 0, as ``optax.adam``'s.
     nesterov: Nesterov momentum, as ``optax.adam(nesterov=True)``.
     state_dtype: dtype of the moments (e.g. ``"bfloat16"``); ``None`` uses the
-      params' dtype. Arithmetic runs in float32 or wider.
-    scale_safe: keep the second moment in root form, so that with ``eps=0``
-      the updates are invariant to gradient scales across float32's range.
-    guard_nonfinite: where a gradient is NaN/Inf, hold that coordinate's
-      debiased moments, and so its step (``False``: optax.adam's behaviour;
-      see :func:`scale_by_balanced_adam`).
-    stochastic_rounding: round bfloat16 moments stochastically so that an
-      EMA with beta near 1 does not stall (see :func:`scale_by_balanced_adam`).
+      params' dtype (see :ref:`dtypes`).
+    scale_safe: keep the second moment in root form (see :ref:`scale-safe`).
+    guard_nonfinite: hold the debiased moments of coordinates whose gradient
+      is NaN or +-Inf (see :ref:`nonfinite-gradients`).
+    stochastic_rounding: round bfloat16 moments stochastically (see
+      :ref:`stochastic-rounding`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -101,8 +82,19 @@ def balanced_adam(
     <https://arxiv.org/abs/2505.21829>`_, 2025.
   """
   _checks.check_learning_rate(learning_rate)
-  direction = _fused(locals())
-  return optax.chain(direction, optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(
+    scale_by_balanced_adam(
+      beta=beta,
+      eps=eps,
+      eps_root=eps_root,
+      nesterov=nesterov,
+      state_dtype=state_dtype,
+      scale_safe=scale_safe,
+      guard_nonfinite=guard_nonfinite,
+      stochastic_rounding=stochastic_rounding,
+    ),
+    optax.scale_by_learning_rate(learning_rate),
+  )
 
 
 def balanced_adamw(
@@ -124,15 +116,15 @@ def balanced_adamw(
   .. math::
 
     u_k = -\alpha_k \left(
-      \frac{m_k / (1-\beta^k)}{\sqrt{v_k / (1-\beta^k)} + \varepsilon}
-      + \lambda \theta_{k-1} \right),
+      \frac{m_k / (1-\beta^k)}{\sqrt{v_k / (1-\beta^k) + \varepsilon_r}
+      + \varepsilon} + \lambda \theta_{k-1} \right),
 
   with :math:`m, v` as in :func:`balanced_adam` and :math:`\lambda` the
   ``weight_decay``. Equal to ``optax.adamw(learning_rate, b1=beta, b2=beta,
   eps=eps, eps_root=eps_root, weight_decay=weight_decay, mask=mask,
-  nesterov=nesterov)``, with updates in ``optax.adamw``'s dtype. The chain is
-  ``scale_by_balanced_adam``, ``optax.add_decayed_weights(weight_decay,
-  mask)``, ``optax.scale_by_learning_rate(learning_rate)``.
+  nesterov=nesterov)``. The chain is :func:`scale_by_balanced_adam`,
+  ``optax.add_decayed_weights(weight_decay, mask)``,
+  ``optax.scale_by_learning_rate(learning_rate)``.
 
   Args:
     learning_rate: a constant >= 0 or an optax schedule.
@@ -140,18 +132,14 @@ def balanced_adamw(
     eps: added to the denominator, >= 0.
     weight_decay: decoupled weight-decay strength, >= 0 (or a schedule).
     mask: a tree of bools like the params (or a function of the params that
-      returns one): True where weight decay applies. With
-      ``optax.inject_hyperparams`` a callable mask must be listed in
-      ``static_args``, as for ``optax.adamw``.
-    eps_root: added inside the square root, >= 0 (``optax.adamw``'s).
+      returns one): True where weight decay applies. Under
+      ``optax.inject_hyperparams`` a callable mask goes in ``static_args``.
+    eps_root: added inside the square root, >= 0, as ``optax.adamw``'s.
     nesterov: Nesterov momentum, as ``optax.adamw(nesterov=True)``.
-    state_dtype: dtype of the moments; ``None`` uses the params' dtype.
-    scale_safe: keep the second moment in root form (see
-      :func:`scale_by_balanced_adam`).
-    guard_nonfinite: where a gradient is NaN/Inf, hold that coordinate's
-      debiased moments (see :func:`scale_by_balanced_adam`).
-    stochastic_rounding: round bfloat16 moments stochastically so that an
-      EMA with beta near 1 does not stall (see :func:`scale_by_balanced_adam`).
+    state_dtype: as in :func:`balanced_adam`.
+    scale_safe: as in :func:`balanced_adam`.
+    guard_nonfinite: as in :func:`balanced_adam`.
+    stochastic_rounding: as in :func:`balanced_adam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -177,7 +165,16 @@ def balanced_adamw(
     <https://arxiv.org/abs/2601.21739>`_, 2026.
   """
   _checks.check_learning_rate(learning_rate)
-  direction = _fused(locals())
+  direction = scale_by_balanced_adam(
+    beta=beta,
+    eps=eps,
+    eps_root=eps_root,
+    nesterov=nesterov,
+    state_dtype=state_dtype,
+    scale_safe=scale_safe,
+    guard_nonfinite=guard_nonfinite,
+    stochastic_rounding=stochastic_rounding,
+  )
   if not callable(weight_decay):
     _checks.check_interval("weight_decay", weight_decay, 0.0)
   return optax.chain(

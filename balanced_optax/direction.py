@@ -1,24 +1,8 @@
-r"""The SNR-adaptive sign step: turn gradient moments into a direction.
+r"""The SNR-adaptive sign step: turns gradient moments into a direction.
 
-Adam's direction, written with the gradient's mean and variance
-(:math:`\sigma^2`), is a sign step shrunk by the signal-to-noise ratio:
-
-.. math::
-
-  \frac{\text{mean}}{\sqrt{\text{mean}^2 + \sigma^2}}
-  = \frac{\operatorname{sign}(\text{mean})}{\sqrt{1 + \sigma^2/\text{mean}^2}}.
-
-:func:`snr_sign_step` makes the amount of shrinkage a knob, ``power``, with
-Signum (``power=0``) and Adam (``power=0.5``) as two of its settings.
-
-For complex gradients ``sign(mean)`` is the phase ``mean / |mean|`` and
-``mean²`` is ``|mean|²``, so the Adam setting equals optax.adam on complex
-params. Where the moments come from an estimator, the direction comes back in
-the dtype of optax.adam's update for the same params and gradients (float32
-for float32 params with bfloat16 gradients, float16 for float16 ones), though
-it is computed from moments held in at least float32. Moments rebuilt by a
-transform placed between the estimator and this rule are rejected (see
-:mod:`balanced_optax.moments` for where clipping, masking and weight decay go).
+Adam's direction is a sign step shrunk by the gradient's signal-to-noise
+ratio, :math:`\text{mean}/\sqrt{\text{mean}^2 + \sigma^2}`; :func:`snr_sign_step`
+makes the shrinkage a knob (see :doc:`math`).
 """
 
 import numbers
@@ -82,14 +66,11 @@ def snr_sign_step(
     d = \operatorname{sign}(\mu)\, \rho^{2p}.
 
   ``power`` p = 0 is Signum's :math:`\operatorname{sign}(\mu)`, p = 1/2 is
-  Adam's :math:`\mu / (\sqrt{\mu^2+\sigma^2} + \varepsilon)`, p = 1 shrinks
-  by the squared SNR. Where :math:`\mu = 0` the direction is 0, also with
-  ``eps=0`` (never NaN). For a complex mean, :math:`\operatorname{sign}(\mu)
-  = \mu / |\mu|` (its phase) and :math:`\sigma^2 = E|g - \mu|^2`, so p = 1/2
-  is optax.adam's complex update. Chain it with
-  ``optax.scale_by_learning_rate``; put nothing that maps over gradients
-  between the estimator and this rule (it raises TypeError on such rebuilt
-  moments): clip before the estimator, add weight decay after this rule.
+  Adam's :math:`\mu / (\sqrt{\mu^2+\sigma^2} + \varepsilon)` (complex means
+  too: see :ref:`complex-params`), p = 1 shrinks by the squared SNR. Where
+  :math:`\mu = 0` the direction is 0, also with ``eps=0``. Nothing that maps
+  over gradients may sit between the estimator and this rule (see
+  :ref:`composing-chains`).
 
   Args:
     eps: added to the denominator, >= 0 (as Adam's ``eps``).

@@ -1,53 +1,18 @@
 r"""Estimators of the gradient's mean and variance with one memory ``beta``.
 
-Both transforms turn gradients into :class:`GradientMoments` (a mean and a
-variance pytree, each shaped like the params). They differ only in the state
-they keep:
+Both transforms emit :class:`GradientMoments` (a mean and a variance pytree,
+each shaped like the params) for :func:`balanced_optax.snr_sign_step`:
 
-* :func:`tied_moments` keeps Adam's two EMAs, of g and of ``|g|²``, and emits
-  ``variance = v̂ - |m̂|²``. Its state is ``optax.ScaleByAdamState``, so it reads
-  and writes optax.adam's checkpoints.
-* :func:`variance_ema` keeps the mean and the variance themselves, updated by
-  the online Gaussian variational-inference rule of [OG25], which has no
-  ``v - m²`` cancellation.
+* :func:`tied_moments` keeps Adam's two EMAs, of g and of :math:`|g|^2`, in
+  ``optax.ScaleByAdamState``, and emits the variance
+  :math:`\hat v - |\hat m|^2`;
+* :func:`variance_ema` keeps the mean and the variance themselves (Orvieto &
+  Gower, 2025), with no :math:`v - m^2` cancellation.
 
-Feed either into :func:`balanced_optax.snr_sign_step` to get Adam's direction.
-
-For a complex gradient the mean is the (complex) EMA of g and the variance is
-the real, non-negative :math:`E|g - \text{mean}|^2`, so that
-:math:`|\text{mean}|^2 + \text{variance}` is Adam's second moment
-:math:`E|g|^2` (optax's ``update_moment_per_elem_norm``).
-
-The moments are emitted in at least float32 (float16 and bfloat16 gradients
-included: a float16 variance overflows at ``|g| > 256``), and they carry the dtype
-the final update must have (optax.adam's: the promotion of the params' and the
-gradients' dtypes), which :func:`~balanced_optax.snr_sign_step` casts to.
-
-Composing a chain. The moments are a pair of statistics, not a gradient, so
-nothing that acts on gradients may sit between the estimator and the
-direction rule: ``optax.chain(variance_ema(b), optax.clip_by_global_norm(1.0),
-snr_sign_step())`` would clip the mean and the variance together. Such a
-transform rebuilds the moments from their leaves, and
-:func:`~balanced_optax.snr_sign_step` rejects rebuilt moments with a
-TypeError that says where the transform belongs (transforms that pair the
-updates with a params-shaped tree, ``optax.add_decayed_weights`` or
-``optax.masked`` placed there, already fail on the tree mismatch):
-
-* clipping (``optax.clip_by_global_norm``, ``optax.clip``) acts on gradients:
-  put it *before* the estimator, as in ``optax.chain(clip, adam)``;
-* weight decay (``optax.add_decayed_weights``) acts on the direction: put it
-  *after* :func:`~balanced_optax.snr_sign_step` and before the learning rate,
-  as ``optax.adamw`` does;
-* masking: wrap the whole chain in ``optax.masked`` (or ``optax.partition``),
-  never a single link of it.
-
-Moments built by hand, ``GradientMoments(mean, variance)``, are always
-accepted, also as arguments of a jitted function. To carry an estimator's
-output across a ``jax.jit`` boundary into the direction rule on purpose
-(which also rebuilds it), pass ``GradientMoments(*moments)``.
+Nothing that maps over gradients may sit between an estimator and the
+direction rule: see :ref:`composing-chains`.
 """
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -138,12 +103,13 @@ def _excess(second: jax.Array, mean: jax.Array) -> jax.Array:
 
 
 def read_adam_moments(mu, nu, count, beta1, beta2) -> GradientMoments:
-  """The mean and variance held by Adam's moments ``mu`` (of g) and ``nu`` (of
-  ``|g|²``, real in value), in at least float32: debiased at ``count`` with
-  ``beta1``, ``beta2`` (``count=None``: as they are), the variance
-  ``max(nu - |mean|², 0)``, +inf where ``nu`` overflowed. The one reading of
-  an Adam state: :func:`tied_moments` emits it and ``moments_from_state``
-  returns it."""
+  """Adam's ``mu`` and ``nu`` read as :class:`GradientMoments`, in at least float32.
+
+  The mean is ``mu``, the variance ``max(nu - |mean|², 0)`` (+inf where ``nu``
+  overflowed), both debiased at ``count`` with ``beta1``, ``beta2``
+  (``count=None``: as they are). The one reading of an Adam state:
+  :func:`tied_moments` emits it and ``moments_from_state`` returns it.
+  """
   mean = _tree.upcast(mu)
   second = jax.tree.map(jnp.real, _tree.upcast(nu))
   if count is not None:
@@ -162,8 +128,8 @@ def tied_moments(
 ) -> optax.GradientTransformation:
   r"""Adam's two EMAs with one memory, emitted as the gradient's mean and variance.
 
-  With zero-initialised :math:`m_0 = v_0 = 0` and :math:`c_k = 1 - \beta^k`
-  (or :math:`c_k = 1` when ``debias=False``):
+  With :math:`m_0 = v_0 = 0` and :math:`c_k = 1 - \beta^k` (:math:`c_k = 1`
+  when ``debias=False``):
 
   .. math::
 
@@ -173,36 +139,20 @@ def tied_moments(
     \text{mean}_k = m_k / c_k, \qquad
     \text{variance}_k = \max(v_k / c_k - |\text{mean}_k|^2,\ 0).
 
-  The variance is the EMA-weighted variance of the gradients seen so far; it is
-  non-negative in exact arithmetic (Jensen) and clamped at zero against
-  rounding. Where :math:`v_k` overflows (``|g| > 1.8e19`` in float32) the variance
-  is +inf and the step there 0, as optax.adam's, never NaN. For complex g the
-  mean is complex and the variance real, :math:`E|g - \text{mean}|^2`. The
-  state is ``optax.ScaleByAdamState(count, mu, nu)`` with exactly
-  ``optax.scale_by_adam(b1=beta, b2=beta)``'s meaning (``nu`` complex with zero
-  imaginary part for complex params, as optax keeps it).
-
-  The non-finite guard holds a skipped coordinate's *debiased* moments: a NaN
-  or +-Inf :math:`g_k` (either part, if complex) acts as if it were the current
-  mean, :math:`m_k = m_{k-1} c_k / c_{k-1}` and
-  :math:`v_k = v_{k-1} c_k / c_{k-1}` (raw moments held when ``debias=False``),
-  so mean and variance stay as they were and the step there keeps its
-  direction (zero before the first finite gradient).
+  The state is ``optax.ScaleByAdamState(count, mu, nu)`` with
+  ``optax.scale_by_adam(b1=beta, b2=beta)``'s meaning; the variance is
+  non-negative in exact arithmetic (Jensen) and clamped at 0 against rounding.
 
   Args:
-    beta: memory of both EMAs, in [0, 1). The horizon is 1 / (1 - beta) steps.
+    beta: memory of both EMAs, in [0, 1).
     debias: whether to divide out the zero-initialisation bias.
-    state_dtype: dtype of ``mu`` and ``nu``; ``None`` uses the params' dtype
-      (float32 for float16 params, whose range cannot hold g²). For complex
-      params, float32 or float64 name the complex dtype of that precision
-      (others raise ValueError at ``init``). The arithmetic always runs in at
-      least float32, and the moments are emitted so.
-    guard_nonfinite: if True, a coordinate whose gradient is NaN or +-Inf
-      keeps its debiased moments (see above); if False, non-finite values
-      enter the state as they do in ``optax.adam``.
-    stochastic_rounding: round bfloat16 state stochastically (unbiased), so
-      that an EMA with beta near 1 does not stall; see
-      :func:`scale_by_balanced_adam`.
+    state_dtype: dtype of the stored moments; ``None`` uses the params' dtype
+      (see :ref:`dtypes`).
+    guard_nonfinite: hold the debiased moments of coordinates whose gradient
+      is NaN or +-Inf (see :ref:`nonfinite-gradients`); ``False`` lets them
+      into the state, as ``optax.adam`` does.
+    stochastic_rounding: round bfloat16 moments stochastically so that an EMA
+      with beta near 1 does not stall (see :ref:`stochastic-rounding`).
 
   Returns:
     An ``optax.GradientTransformation`` whose updates are
@@ -236,35 +186,24 @@ def tied_moments(
     )
 
   def update_fn(updates, state, params=None):
-    _checks.check_same_structure("tied_moments", updates, state.mu)
-    updates = _tree.as_arrays(updates)  # Python scalars too, as optax.
-    update_dtypes = _tree.update_dtypes(updates, state.mu, params)
-    grads = _tree.upcast(updates)
+    grads, update_dtypes = _tree.gradients("tied_moments", updates, state.mu, params)
     count = optax.safe_increment(state.count)
-    # nu is real; for complex params optax stores it as complex with zero
-    # imaginary part. Update its real part: complex arithmetic on an
-    # overflowed moment (beta * (inf + 0j)) makes NaN.
-    old_mu = _tree.upcast(state.mu)
-    old_nu = jax.tree.map(jnp.real, _tree.upcast(state.nu))
-    # optax.tree.update_moment(_per_elem_norm) but for beta = 0, where an
-    # overflowed (inf) moment must be forgotten, not turned into 0 * inf.
-    mu = jax.tree.map(functools.partial(_tree.ema, beta), grads, old_mu)
-    nu = jax.tree.map(lambda g, v: _tree.ema(beta, _tree.abs2(g), v), grads, old_nu)
+    # nu is real, stored complex for complex params as optax stores it: complex
+    # arithmetic on an overflowed moment (beta * (inf + 0j)) would make NaN.
+    g, m, v = _tree.upcast((grads, state.mu, jax.tree.map(jnp.real, state.nu)))
+    # optax.tree.update_moment(_per_elem_norm), but an overflowed (inf) moment
+    # is forgotten at beta = 0, not turned into 0 * inf.
+    mu = jax.tree.map(lambda g, m: _tree.ema(beta, g, m), g, m)
+    nu = jax.tree.map(lambda g, v: _tree.ema(beta, _tree.abs2(g), v), g, v)
     if guard_nonfinite:
       hold = _tree.hold_factor(beta, count) if debias else 1
-      mu = _tree.where_finite(grads, mu, jax.tree.map(lambda m: m * hold, old_mu))
-      nu = _tree.where_finite(grads, nu, jax.tree.map(lambda v: v * hold, old_nu))
-    store = functools.partial(
-      _rounding.store, count=count, stochastic=stochastic_rounding
-    )
-    new_state = optax.ScaleByAdamState(
-      count=count, mu=store(mu, state.mu, salt=0), nu=store(nu, state.nu, salt=1)
+      mu, nu = _tree.guard(g, mu, m, hold), _tree.guard(g, nu, v, hold)
+    mu, nu = _rounding.store_moments(
+      (mu, nu), (state.mu, state.nu), count=count, stochastic=stochastic_rounding
     )
     # Emit from the moments as stored, so that donated state updates in place.
-    mean, variance = read_adam_moments(
-      new_state.mu, new_state.nu, count if debias else None, beta, beta
-    )
-    return _emit(mean, variance, update_dtypes), new_state
+    mean, variance = read_adam_moments(mu, nu, count if debias else None, beta, beta)
+    return _emit(mean, variance, update_dtypes), optax.ScaleByAdamState(count, mu, nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -279,55 +218,28 @@ def variance_ema(
 ) -> optax.GradientTransformation:
   r"""The gradient's mean and variance as EMAs: Adam's second moment, split.
 
-  With :math:`m_0 = s_0 = 0`, [OG25]'s recursion
-
-  .. math::
-
-    m_k = \beta m_{k-1} + (1-\beta) g_k, \qquad
-    s_k = \beta s_{k-1} + \beta (1-\beta) (m_{k-1} - g_k)^2
-
-  gives exactly :math:`v_k = m_k^2 + s_k` for Adam's
-  :math:`v_k = \beta v_{k-1} + (1-\beta) g_k^2`, so :math:`s_k` is the
-  variance part of Adam's second moment, accumulated without ever forming
-  :math:`v - m^2`. It is the online Gaussian variational-inference update of
-  the gradient's mean and variance with :math:`\beta = 1/(1+\lambda)`.
-
-  Written with the weight of the newest gradient,
+  With :math:`m_0 = s_0 = 0`, the weight of the newest gradient
   :math:`\alpha = 1 - \beta` and :math:`\delta_k = g_k - m_{k-1}`:
 
   .. math::
 
     m_k = m_{k-1} + \alpha \delta_k, \qquad
-    s_k = (1-\alpha)(s_{k-1} + \alpha \delta_k^2).
+    s_k = (1-\alpha)(s_{k-1} + \alpha |\delta_k|^2).
 
-  (Computed as :math:`s_k = (1-\alpha) s_{k-1} + \frac{\alpha}{1-\alpha}
-  (g_k - m_k)^2`, the same value read off the new mean.)
-  With ``debias=True`` the same recursion runs with
-  :math:`\alpha_k = (1-\beta)/(1-\beta^k)` (so :math:`\alpha_1 = 1`), which
-  keeps the bias-corrected :math:`\hat m_k = m_k / c_k` and
-  :math:`\hat s_k = \hat v_k - \hat m_k^2` directly, again with no
-  cancellation; both are non-negative sums of squares.
-
-  For complex g the mean is complex and :math:`\delta_k^2` is
-  :math:`|\delta_k|^2`, so the variance is the real
-  :math:`E|g - \text{mean}|^2` (stored in the real dtype of the params'
-  precision). The non-finite guard holds the state where g is NaN or +-Inf
-  (either part, if complex): mean and variance stay as they were, the same
-  held debiased moments as :func:`tied_moments` and the fused path.
+  Then :math:`m_k^2 + s_k` is Adam's :math:`v_k` exactly, so :math:`s_k` is the
+  variance part of Adam's second moment, accumulated without forming
+  :math:`v - m^2` (the online Gaussian variational estimate with
+  :math:`\beta = 1/(1+\lambda)`; see :doc:`math`). With ``debias=True``
+  :math:`\alpha_k = (1-\beta)/(1-\beta^k)`, so the state holds the debiased
+  mean and variance directly.
 
   Args:
     beta: memory of the estimate, in [0, 1).
     debias: whether the state holds the bias-corrected mean and variance.
-    state_dtype: dtype of the stored mean and variance; ``None`` uses the
-      params' dtype (float32 for float16 params). For complex params, float32
-      or float64 name the precision (the mean is complex, the variance real).
-      The arithmetic always runs in at least float32, and the moments are
-      emitted so.
-    guard_nonfinite: if True, a coordinate whose gradient is NaN or +-Inf
-      keeps its state (mean and variance held); if False they enter the state.
-    stochastic_rounding: round bfloat16 state stochastically (unbiased), so
-      that an EMA with beta near 1 does not stall; see
-      :func:`scale_by_balanced_adam`.
+    state_dtype: dtype of the stored mean and variance (the variance in its
+      real form), as in :func:`tied_moments`.
+    guard_nonfinite: as in :func:`tied_moments`.
+    stochastic_rounding: as in :func:`tied_moments`.
 
   Returns:
     An ``optax.GradientTransformation`` whose updates are
@@ -362,44 +274,38 @@ def variance_ema(
     )
 
   def update_fn(updates, state, params=None):
-    _checks.check_same_structure("variance_ema", updates, state.mean)
-    updates = _tree.as_arrays(updates)  # Python scalars too, as optax.
-    update_dtypes = _tree.update_dtypes(updates, state.mean, params)
-    grads = _tree.upcast(updates)
+    grads, update_dtypes = _tree.gradients("variance_ema", updates, state.mean, params)
     count = optax.safe_increment(state.count)
+    g, m, s = _tree.upcast((grads, state.mean, state.variance))
     if debias:
-      # alpha_1 = 1 exactly; the clip absorbs float32 rounding of beta**count,
-      # which could otherwise push alpha a hair above 1 and the variance below 0.
-      alpha = jnp.minimum((1 - beta) / (1 - beta**count), 1)
+      # alpha_1 = 1 exactly, however beta rounds: for a Python float
+      # 1 - beta is float64 and beta**count float32, whose ratio is not 1.
+      # The clip absorbs the same rounding at later steps.
+      alpha = jnp.where(count == 1, 1, jnp.minimum((1 - beta) / (1 - beta**count), 1))
     else:
       alpha = jnp.asarray(1 - beta)
-    old_mean, old_variance = _tree.upcast(state.mean), _tree.upcast(state.variance)
     # (1 - alpha) m + alpha g rather than m + alpha (g - m): g - m overflows
     # for huge gradients of opposite sign, and alpha = 1 gives g exactly.
-    mean = jax.tree.map(lambda m, g: (1 - alpha) * m + alpha * g, old_mean, grads)
+    mean = jax.tree.map(lambda m, g: (1 - alpha) * m + alpha * g, m, g)
     if guard_nonfinite:
-      mean = _tree.where_finite(grads, mean, old_mean)
-    # The same update read off the new mean, g - m_{k-1} = (g - m_k) / (1 - alpha):
-    # nothing reads the old mean after the mean is written, so donated state
-    # is updated in place. At alpha = 1 the new mean is g and the term is 0.
+      mean = _tree.guard(g, mean, m)
+    # The same update read off the new (guarded) mean, g - m_{k-1} =
+    # (g - m_k) / (1 - alpha): nothing reads the old mean after the mean is
+    # written, so donated state is updated in place (guarding the mean after
+    # this read made XLA copy it). At alpha = 1 the new mean is g, the term 0.
     weight = jnp.where(alpha < 1, alpha / jnp.where(alpha < 1, 1 - alpha, 1), 0)
     variance = jax.tree.map(
-      lambda s, g, m: (1 - alpha) * s + weight * _tree.abs2(g - m),
-      old_variance,
-      grads,
-      mean,
+      lambda s, g, m: (1 - alpha) * s + weight * _tree.abs2(g - m), s, g, mean
     )
     if guard_nonfinite:
-      variance = _tree.where_finite(grads, variance, old_variance)
-    store = functools.partial(
-      _rounding.store, count=count, stochastic=stochastic_rounding
-    )
-    new_state = VarianceEmaState(
+      variance = _tree.guard(g, variance, s)
+    mean, variance = _rounding.store_moments(
+      (mean, variance),
+      (state.mean, state.variance),
       count=count,
-      mean=store(mean, state.mean, salt=0),
-      variance=store(variance, state.variance, salt=1),
+      stochastic=stochastic_rounding,
     )
-    mean, variance = _tree.upcast(new_state.mean), _tree.upcast(new_state.variance)
-    return _emit(mean, variance, update_dtypes), new_state
+    emitted = _emit(_tree.upcast(mean), _tree.upcast(variance), update_dtypes)
+    return emitted, VarianceEmaState(count, mean, variance)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -70,41 +70,22 @@ def balanced_muon(
 ) -> optax.GradientTransformation:
   r"""Muon on the hidden matrices and balanced Adam on every other leaf.
 
-  Each leaf is labelled by ``optax.contrib.muon``'s rule: by default every
-  2-D leaf is a Muon leaf and every other leaf an Adam leaf; with
-  ``muon_weight_dimension_numbers`` the leaves whose spec is a
-  ``MuonDimensionNumbers`` are Muon leaves and those whose spec is ``None``
-  Adam leaves. Then, as :func:`optax.partition`:
+  Leaves are labelled by ``optax.contrib.muon``'s rule (by default 2-D leaves
+  are Muon's; with ``muon_weight_dimension_numbers``, those whose spec is a
+  ``MuonDimensionNumbers``), then, as ``optax.partition``:
 
-  * Muon leaves get ``optax.contrib.muon(learning_rate, beta=beta, ...)``,
-    i.e. momentum :math:`\mu_k = \beta\mu_{k-1} + (1-\beta)g_k` (Nesterov by
-    default), orthogonalised by Newton-Schulz, shape-scaled, weight-decayed
-    and scaled by ``-learning_rate``, exactly as optax computes it;
-  * Adam leaves get :func:`balanced_optax.balanced_adamw` with
-    :math:`\beta_1 = \beta_2` = ``adam_beta`` (default: ``beta``), the same
-    ``eps`` and ``nesterov``, ``eps_root=adam_eps_root``,
-    ``weight_decay=adam_weight_decay``, ``adam_learning_rate`` (default:
-    ``learning_rate``) and every balanced-Adam option (``state_dtype``,
-    ``scale_safe``, ``guard_nonfinite``, ``stochastic_rounding``).
+  * Muon leaves get ``optax.contrib.muon(learning_rate, beta=beta, ...)``:
+    momentum :math:`\mu_k = \beta\mu_{k-1} + (1-\beta)g_k`, orthogonalised by
+    Newton-Schulz, exactly as optax computes it;
+  * Adam leaves get :func:`balanced_adamw` with
+    :math:`\beta_1 = \beta_2` = ``adam_beta`` (default ``beta``), ``eps``,
+    ``nesterov`` and the ``adam_*`` and balanced-Adam options.
 
-  Relation to optax: the updates equal those of
-  ``optax.contrib.muon(learning_rate, beta=beta, eps=eps, ...,
-  adam_b1=b, adam_b2=b, adam_eps_root=..., adam_weight_decay=...,
-  adam_learning_rate=...)`` with ``b = adam_beta`` (bitwise on the Muon
-  leaves, to float rounding on the Adam leaves; the tests hold them equal).
-  They differ only where balanced Adam's options differ from ``optax.adamw``:
-  ``mu_dtype`` sets only Muon's momentum dtype here (``state_dtype`` sets the
-  Adam moments'; optax uses ``mu_dtype`` for both), and with the default
-  ``guard_nonfinite=True`` a NaN/Inf gradient coordinate of an Adam leaf
-  holds its moments instead of poisoning them. The state is a
-  ``PartitionState`` with groups ``'muon'`` and ``'adam'`` (one level deeper
-  than optax's on the Muon side), so checkpoints do not move between the two.
-
-  To keep embeddings and heads on Adam (they are 2-D too), pass
-  ``muon_weight_dimension_numbers`` as a function of the params that
-  returns ``None`` for them, as in the example.
-  :func:`balanced_optax.moments_from_state` reads the Adam half's moments
-  (under ``inject_hyperparams`` its beta from ``'adam_beta'`` or ``'beta'``).
+  The updates equal ``optax.contrib.muon(..., adam_b1=b, adam_b2=b)`` with
+  ``b = adam_beta``, except where balanced Adam's options differ from
+  ``optax.adamw`` (see :ref:`muon-differences`). To keep embeddings and heads
+  on Adam, pass ``muon_weight_dimension_numbers`` as a function of the params
+  that returns ``None`` for them, as in the example.
 
   Args:
     learning_rate: Muon's learning rate, a constant >= 0 or a schedule.

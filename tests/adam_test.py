@@ -1,5 +1,7 @@
 """scale_by_balanced_adam: state compatibility, scale safety, dtypes, guards."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -542,6 +544,34 @@ class BuffersTest(chex.TestCase):
       step = jax.jit(step, donate_argnums=(0, 1))
       new_params, new_state = step(jax.tree.map(jnp.copy, params), state, params)
       chex.assert_tree_all_finite((new_params, new_state))
+
+  @parameterized.named_parameters(
+    ("fused", lambda: bo.balanced_adam(1e-2)),
+    ("fused_scale_safe", lambda: bo.balanced_adam(1e-2, scale_safe=True)),
+    ("fused_bfloat16", lambda: bo.balanced_adam(1e-2, state_dtype="bfloat16")),
+    ("fused_nesterov", lambda: bo.balanced_adam(1e-2, nesterov=True)),
+    ("tied_moments", lambda: optax.chain(bo.tied_moments(0.9), bo.snr_sign_step())),
+    ("variance_ema", lambda: optax.chain(bo.variance_ema(0.9), bo.snr_sign_step())),
+  )
+  def test_the_donated_step_updates_the_state_in_place(self, make):
+    # A kernel that read a moment's old value after its new value was written
+    # would make XLA copy the donated buffer every step (the update reads the
+    # moments as stored for this reason).
+    tx = make()
+    params = {"a": jnp.ones((64, 32)), "b": jnp.ones(32)}
+
+    def step(params, state, grads):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    hlo = (
+      jax.jit(step, donate_argnums=(0, 1))
+      .lower(params, tx.init(params), params)
+      .compile()
+      .as_text()
+    )
+    copies = re.findall(r"^.*= \S+ copy(?:-start)?\(.*$", hlo, re.M)
+    self.assertEqual(copies, [])
 
 
 class InjectHyperparamsTest(chex.TestCase):

@@ -106,6 +106,18 @@ class ClosedFormTest(chex.TestCase):
       np.testing.assert_allclose(moments.mean, g, rtol=2e-5)
       np.testing.assert_allclose(moments.variance, 0.0, atol=1e-4)
 
+  def test_variance_ema_first_step_is_exact_for_every_form_of_beta(self):
+    # alpha_1 = 1: the first estimate is the gradient itself, with zero
+    # variance, whether beta is a Python float (1 - beta rounds in float64)
+    # or an injected float32 array (optax.inject_hyperparams). The Python
+    # float gave mean 0.99999976 g and variance 2.4e-7 g^2.
+    g = jnp.array([1.0, -3.0, 0.1])
+    for beta in (0.9, 0.95, 0.999, jnp.float32(0.95)):
+      tx = bo.variance_ema(beta)
+      _, state = tx.update(g, tx.init(g))
+      np.testing.assert_array_equal(state.mean, g)
+      np.testing.assert_array_equal(state.variance, jnp.zeros(3))
+
   def test_variance_ema_has_no_cancellation(self):
     # A large mean with a small spread: v - m^2 in float32 cancels all digits,
     # the variance EMA keeps them.
