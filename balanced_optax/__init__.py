@@ -14,6 +14,7 @@ from balanced_optax.alias import balanced_adam, balanced_adamw
 from balanced_optax.beta_rules import (
   BETA_GRID,
   beta_from_half_life,
+  beta_from_noise_and_lag,
   beta_from_refresh,
   estimate_effective_horizon,
   half_life,
@@ -22,6 +23,7 @@ from balanced_optax.beta_rules import (
   refresh_count,
   scale_beta_for_batch,
   snap_beta,
+  tracking_risk,
 )
 from balanced_optax.diagnostics import (
   first_order_scale_coefficient,
@@ -37,12 +39,7 @@ from balanced_optax.moments import (
 )
 from balanced_optax.monitoring import moment_statistics, moments_from_state
 from balanced_optax.muon import balanced_muon
-from balanced_optax.selection import (
-  BetaSelection,
-  beta_from_noise_and_lag,
-  select_beta,
-  tracking_risk,
-)
+from balanced_optax.selection import BetaSelection, select_beta
 
 __version__ = "0.1.0"
 

@@ -110,8 +110,14 @@ def grid_in_range(name: str, grid: Any, low: float, high: float) -> np.ndarray:
   g = beta_grid(name, grid)
   inside = g[(g >= low - GRID_RANGE_TOLERANCE) & (g <= high + GRID_RANGE_TOLERANCE)]
   if inside.size == 0:
+    # Only the neighbours of the range: a whole grid would drown the message.
+    below, above = g[g < low], g[g > high]
+    nearest = [f"{below[-1]:.6g} below"] if below.size else []
+    nearest += [f"{above[0]:.6g} above"] if above.size else []
+    values = "values are" if len(nearest) == 2 else "value is"
     raise ValueError(
-      f"{name} has no value inside beta_range=({low}, {high}); got {grid!r}."
+      f"{name} has no value inside beta_range=({low}, {high}) (to within"
+      f" {GRID_RANGE_TOLERANCE:g}); its nearest {values} {' and '.join(nearest)}."
     )
   return inside
 
@@ -141,6 +147,18 @@ def below_one(beta: np.ndarray, why: str) -> np.ndarray:
       " 2**53 steps), outside [0.0, 1.0)."
     )
   return beta
+
+
+def broadcastable(**arrays: np.ndarray) -> None:
+  """ValueError naming the arguments and their shapes unless they broadcast."""
+  try:
+    np.broadcast_shapes(*(np.shape(a) for a in arrays.values()))
+  except ValueError:
+    *first, last = arrays
+    shapes = ", ".join(f"{n} {np.shape(a)}" for n, a in arrays.items())
+    raise ValueError(
+      f"{', '.join(first)} and {last} must broadcast together, got shapes {shapes}."
+    ) from None
 
 
 def float_or_array(x: np.ndarray) -> float | np.ndarray:

@@ -1,24 +1,13 @@
-r"""Choosing beta: memory horizons, refresh counts, batch scaling, convergence.
+r"""Choosing beta: closed-form rules that give the memory units of steps.
 
-Balanced Adam has one hyperparameter besides the learning rate, its memory
-:math:`\beta`. These rules translate it into quantities with units:
-
-* the memory horizon :math:`H_\beta = 1/(1-\beta)` and the half-life
-  :math:`\ln(1/2)/\ln\beta`, both in steps;
-* the refresh count :math:`R_\beta = (1-\beta)\,T_{ES}` [FH26b]: how many
-  times the moments are renewed during the useful phase of training, whose
-  length :math:`T_{ES}` is read off a validation curve by
-  :func:`estimate_effective_horizon`;
-* the batch-size rule :math:`\beta \to \beta^\kappa` [B23];
-* [Z22]'s convergence region :math:`\beta_1 < \sqrt{\beta_2}`;
-* [FH26b]'s sweep grid :data:`BETA_GRID`, :math:`1 - \beta = 10^{-k/4}`,
-  and :func:`snap_beta`, which rounds any beta to a grid.
-
-The scalar rules accept Python floats or NumPy arrays (elementwise) and return
-a float for scalar input, an array otherwise. Out-of-range inputs (NaN, inf,
-strings and bools included) raise a ``ValueError`` that names the argument;
-no rule returns :math:`\beta = 1`: where float64 would round the result to 1
-(a horizon beyond :math:`2^{53}` steps) it raises a ``ValueError`` instead.
+The memory horizon :math:`H_\beta = 1/(1-\beta)` and the half-life; [FH26b]'s
+refresh rule :math:`(1-\beta)\,T_{ES} = R` with :math:`T_{ES}` read off a
+validation curve, and its sweep grid :data:`BETA_GRID`; [FH26c]'s noise/lag
+rule and tracking risk; [B23]'s batch rule :math:`\beta \to \beta^\kappa`;
+[Z22]'s convergence region. The rules take floats or NumPy arrays (elementwise,
+broadcast) and return a float for scalar input; bad input raises a
+``ValueError`` naming the argument, and no rule returns :math:`\beta = 1`. See
+:doc:`choosing_beta` for the rules, their derivations and their edge cases.
 
 Example:
   >>> import numpy as np
@@ -55,16 +44,9 @@ ArrayLike = float | np.ndarray | Sequence[float]
 BETA_GRID: tuple[float, ...] = tuple(1.0 - 10.0 ** (-k / 4) for k in range(13))
 r"""[FH26b]'s sweep grid of 13 memories, :math:`1 - \beta = 10^{-k/4}`, k = 0..12.
 
-Stored exactly as :math:`1 - 10^{-k/4}` (in float64): 0, 0.437659, 0.683772,
-0.822172, 0.9, 0.943766, 0.968377, 0.982217, 0.99, 0.994377, 0.996838,
-0.998222, 0.999. [FH26b] publishes these rounded to 5 decimals (0.43766,
-0.68377, ...); every exact value rounds to its published one, and snapping to
-either gives the same grid point for all of [FH26b]'s selections: rounding
-moves a midpoint between neighbours by at most 5e-6, and the closest of their
-rule's betas, 0.975 (T_ES = 40000), lies 3e-4 below the midpoint 0.97530 of
-0.96838 and 0.98222. The exact values keep
-:math:`-\log_{10}(1-\beta)` on the quarter-decade lattice, and a range written
-with the rounded values, e.g. ``beta >= 0.68377``, still contains its end point.
+Exact in float64 (0, 0.437659, 0.683772, ..., 0.999); [FH26b] publishes them
+rounded to 5 decimals, and snapping to either gives the same grid point for
+all of [FH26b]'s selections (see :doc:`choosing_beta`).
 """
 
 
@@ -77,10 +59,6 @@ def snap_beta(
 
     \operatorname{snap}(\beta) = \min \operatorname*{arg\,min}_{g \in G}
     |\beta - g|.
-
-  Distances are measured in :math:`\beta` itself, not in
-  :math:`\log(1-\beta)`, as in [FH26b] and [FH26c]; an exact tie (in float64)
-  goes to the smaller grid value, the shorter memory.
 
   Args:
     beta: memory in [0, 1), a float or an array (snapped elementwise).
@@ -97,6 +75,10 @@ def snap_beta(
     0.94377 0.96838
     >>> print(bo.snap_beta([0.5, 0.97], grid=(0.9, 0.99)))
     [0.9  0.99]
+
+  References:
+    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
+    Adam, arXiv 2605.10119, 2026.
   """
   b = _checks.unit_interval("beta", beta)
   return _checks.float_or_array(_nearest(b, _checks.beta_grid("grid", grid)))
@@ -109,14 +91,11 @@ def _nearest(beta: np.ndarray, sorted_grid: np.ndarray) -> np.ndarray:
 
 
 def memory_horizon(beta: ArrayLike) -> float | np.ndarray:
-  r"""The memory horizon :math:`H_\beta = 1/(1-\beta)` of an EMA, in steps.
+  r"""The memory horizon of an EMA in steps: its weights' mean age plus one.
 
   .. math::
 
     H_\beta = \frac{1}{1-\beta} = 1 + \sum_{j \ge 0} (1-\beta)\beta^j\, j.
-
-  It is the sum of the EMA's weights :math:`(1-\beta)\beta^j` times their age
-  plus one, i.e. the mean age of the information in the moments (plus one).
 
   Args:
     beta: EMA memory in [0, 1), a float or an array.
@@ -133,14 +112,12 @@ def memory_horizon(beta: ArrayLike) -> float | np.ndarray:
 
 
 def half_life(beta: ArrayLike) -> float | np.ndarray:
-  r"""Steps after which an EMA weight has halved: :math:`\ln(1/2) / \ln\beta`.
+  r"""Steps after which an EMA weight has halved (0 for ``beta = 0``).
 
   .. math::
 
     \beta^{h} = \tfrac{1}{2} \iff h = \frac{\ln(1/2)}{\ln\beta}
     \approx 0.693\, H_\beta \quad (\beta \to 1).
-
-  ``beta = 0`` (no memory) gives 0.
 
   Args:
     beta: EMA memory in [0, 1), a float or an array.
@@ -159,24 +136,21 @@ def half_life(beta: ArrayLike) -> float | np.ndarray:
 
 
 def beta_from_half_life(steps: ArrayLike) -> float | np.ndarray:
-  r"""The EMA memory whose half-life is ``steps``: :math:`\beta = 2^{-1/\text{steps}}`.
+  r"""The EMA memory whose half-life is ``steps``, the inverse of :func:`half_life`.
 
   .. math::
 
-    \beta = 2^{-1/h},
-
-  the inverse of :func:`half_life`.
+    \beta = 2^{-1/h}.
 
   Args:
     steps: half-life in steps, in (0, inf), a float or an array.
 
   Returns:
-    :math:`\beta \in [0, 1)`, a float or an array (0.0 for a half-life below
-    about 1/1074 steps, where :math:`2^{-1/h}` underflows float64).
+    :math:`\beta \in [0, 1)`, a float or an array (0.0 below about 1/1074
+    steps, where :math:`2^{-1/h}` underflows float64).
 
   Raises:
-    ValueError: if ``steps`` is out of range (an infinite half-life is: it
-      would mean :math:`\beta = 1`), or so long (above about
+    ValueError: if ``steps`` is out of range, or so long (above about
       :math:`6 \times 10^{15}`) that :math:`\beta` rounds to 1.0 in float64.
 
   Example:
@@ -192,15 +166,11 @@ def beta_from_half_life(steps: ArrayLike) -> float | np.ndarray:
 
 
 def refresh_count(beta: ArrayLike, t_es: ArrayLike) -> float | np.ndarray:
-  r"""[FH26b]'s refresh count :math:`R_\beta = (1-\beta)\,T_{ES}`.
+  r"""[FH26b]'s refresh count: memory horizons in the useful phase of training.
 
   .. math::
 
     R_\beta = (1-\beta)\, T_{ES} = T_{ES} / H_\beta.
-
-  How many memory horizons fit into the useful phase of training, i.e. how many
-  times Adam renews its moment estimates before the validation loss stops
-  improving. [FH26b] finds :math:`R_\beta \approx 1000` a robust target.
 
   Args:
     beta: EMA memory in [0, 1).
@@ -214,9 +184,14 @@ def refresh_count(beta: ArrayLike, t_es: ArrayLike) -> float | np.ndarray:
     >>> import balanced_optax as bo
     >>> print(round(bo.refresh_count(0.95, 20_000), 6))
     1000.0
+
+  References:
+    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
+    Adam, arXiv 2605.10119, 2026.
   """
   b = _checks.unit_interval("beta", beta)
   t = _checks.in_interval("t_es", t_es, 0.0, low_open=True)
+  _checks.broadcastable(beta=b, t_es=t)
   return _checks.float_or_array((1.0 - b) * t)
 
 
@@ -235,45 +210,29 @@ def beta_from_refresh(
       \operatorname{clip}\bigl(\max(0,\ 1 - R / T_{ES}),\ \beta_{lo},
       \beta_{hi}\bigr)\Bigr).
 
-  [FH26b]: with :math:`R = 1000` and the result rounded to their sweep grid
-  (``grid=BETA_GRID``), this beat the best fixed beta (0.944) on 11 vision and
-  language runs (worst-case relative validation gap down 33.4%, all runs
-  within 1% of their oracle); with ``grid=BETA_GRID`` this function returns
-  their published selections, e.g. T_ES = 6000 -> 0.822, 20000 -> 0.944,
-  40000 -> 0.968. ``grid=None`` gives the continuous beta.
-
-  Short runs. Since :math:`R_\beta = (1-\beta) T_{ES} \le T_{ES}`, a run with
-  :math:`T_{ES} \le R` cannot refresh its moments R times; the rule's limit
-  there is :math:`\beta = 0`: no memory, i.e. balanced Adam becomes sign
-  descent, :math:`u = g / (|g| + \varepsilon)`. That is what it returns, but
-  [FH26b] never tested it: their runs have :math:`T_{ES} \ge 6000`
-  (:math:`\beta \ge 0.82`). This package recommends measuring beta instead
-  (``select_beta``, a 200-update pilot [FH26c]) or, for a prior, flooring the
-  rule at the lower end of [FH26c]'s selection range,
-  ``beta_range=(0.68377, 0.999)`` (T_ES below about 3162 then gets 0.68377).
+  With ``grid=BETA_GRID`` it returns [FH26b]'s published selections. A run
+  with :math:`T_{ES} \le R` gets :math:`\beta = 0`, a case [FH26b] never
+  tested; ``beta_range=(0.68377, 0.999)`` floors it at [FH26c]'s range (see
+  :doc:`choosing_beta`).
 
   Args:
     t_es: effective learning horizon in steps, in (0, inf) (see
       :func:`estimate_effective_horizon`); a float or an array.
     refresh: the target refresh count R, in (0, inf) (default 1000 as in
       [FH26b]).
-    grid: memories to round the result to, nearest in beta distance with ties
-      to the smaller (see :func:`snap_beta`); ``BETA_GRID`` for [FH26b]'s
-      selections; default None (no rounding).
+    grid: memories to round the result to (as :func:`snap_beta`), e.g.
+      ``BETA_GRID``; default None (no rounding).
     beta_range: optional ``(low, high)`` with ``0 <= low <= high < 1``: the
-      continuous beta is clipped to it, and with a ``grid`` only the grid
-      values within 1e-5 of it are candidates (as in
-      :func:`beta_from_noise_and_lag`: a range written with rounded grid
-      values keeps them).
+      continuous beta is clipped to it, and only the ``grid`` values within
+      1e-5 of it are candidates.
 
   Returns:
     :math:`\beta \in [0, 1)`, a float or an array (broadcast over the inputs).
 
   Raises:
-    ValueError: if an argument is out of range (an infinite ``t_es`` is one),
-      if ``t_es / refresh`` is so large (above :math:`2^{53}`) that the
-      continuous beta rounds to 1.0 in float64 (pass ``grid`` or
-      ``beta_range``), or if no grid value lies in ``beta_range``.
+    ValueError: for an argument out of range, a continuous beta that rounds to
+      1.0 (``t_es / refresh`` above :math:`2^{53}`: pass ``grid`` or
+      ``beta_range``), or no grid value in ``beta_range``.
 
   Example:
     >>> import balanced_optax as bo
@@ -286,9 +245,14 @@ def beta_from_refresh(
     ...   bo.beta_from_refresh(500, beta_range=(0.68377, 0.999)),
     ... )
     0.0 0.68377
+
+  References:
+    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
+    Adam, arXiv 2605.10119, 2026.
   """
   r = _checks.in_interval("refresh", refresh, 0.0, low_open=True)
   t = _checks.in_interval("t_es", t_es, 0.0, low_open=True)
+  _checks.broadcastable(t_es=t, refresh=r)
   beta = np.maximum(0.0, 1.0 - r / t)
   if beta_range is not None:
     low, high = _checks.beta_range("beta_range", beta_range)
@@ -303,18 +267,153 @@ def beta_from_refresh(
   return _checks.float_or_array(beta)
 
 
+def _retained_noise(beta: np.ndarray, t: np.ndarray) -> np.ndarray:
+  """c(beta, t) = sum_k w(k)^2; 1 at beta = 0 or t = 1."""
+  with np.errstate(divide="ignore", invalid="ignore"):
+    # 1 - beta^t as -expm1(t log beta): beta^t itself rounds to 1 near beta = 1.
+    unseen = -np.expm1(t * np.log(beta))
+    c = (1.0 - beta) / (1.0 + beta) * (2.0 - unseen) / unseen
+  return np.where((beta == 0.0) | (t == 1.0), 1.0, c)
+
+
+def _excess(z: np.ndarray) -> np.ndarray:
+  """1/expm1(z) - 1/z + 1/2 for z > 0, by its Bernoulli series below 0.1."""
+  z2 = z * z
+  series = z * (1 / 12 - z2 * (1 / 720 - z2 * (1 / 30240 - z2 / 1209600)))
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    direct = 1.0 / np.expm1(z) - 1.0 / z + 0.5
+  return np.where(z < 0.1, series, direct)
+
+
+def _mean_age(beta: np.ndarray, t: np.ndarray) -> np.ndarray:
+  """a(beta, t) = sum_k k w(k); 0 at beta = 0 or t = 1."""
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    s = -np.log(beta)
+    # a = 1/expm1(s) - t/expm1(ts). Where ts < 1 both terms are near 1/s and
+    # cancel; subtracting their series' 1/s - 1/2 by hand leaves small terms.
+    short = (t - 1.0) / 2.0 + _excess(s) - t * _excess(t * s)
+    tail = np.where(np.isinf(t), 0.0, t * np.exp(-t * s) / -np.expm1(-t * s))
+    a = np.where(t * s < 1.0, short, beta / (1.0 - beta) - tail)
+  return np.where((beta == 0.0) | (t == 1.0), 0.0, a)
+
+
+def tracking_risk(
+  beta: ArrayLike, t: ArrayLike, noise: ArrayLike, change: ArrayLike
+) -> float | np.ndarray:
+  r"""[FH26c]'s tracking risk of an EMA over ``t`` observations.
+
+  With the bias-corrected weights :math:`w(k) = (1-\beta)\beta^k / (1-\beta^t)`
+  over ages :math:`k = 0, \dots, t-1`, the noise the average retains plus its
+  squared delay:
+
+  .. math::
+
+    V c + D a^2, \qquad
+    c = \sum_k w(k)^2 = \frac{1-\beta}{1+\beta}\,\frac{1+\beta^t}{1-\beta^t},
+    \qquad
+    a = \sum_k k\, w(k) = \frac{\beta}{1-\beta} - \frac{t\,\beta^t}{1-\beta^t}.
+
+  ``t = inf`` gives the long-history risk :math:`V/(2H-1) + D(H-1)^2` with
+  :math:`H = 1/(1-\beta)`. Evaluated without cancellation, also near
+  :math:`\beta = 1`.
+
+  Args:
+    beta: EMA memory in [0, 1).
+    t: number of observations averaged, in [1, inf] (``np.inf`` allowed).
+    noise: :math:`V \ge 0`, the direction's noise per observation.
+    change: :math:`D \ge 0`, the direction's squared change per update.
+
+  Returns:
+    The risk, a float for scalar inputs, else an array (inputs broadcast).
+
+  Example:
+    >>> import balanced_optax as bo
+    >>> print(round(bo.tracking_risk(0.0, 10, noise=0.18, change=4e-6), 6))
+    0.18
+    >>> print(round(bo.tracking_risk(0.95537, 200, 0.18, 4e-6), 6))
+    0.005939
+
+  References:
+    [FH26c] Fernandez-Hernandez et al., Early Memory Selection for Balanced
+    Adam, 2026.
+  """
+  b = _checks.in_interval("beta", beta, 0.0, 1.0, high_open=True)
+  t = _checks.real_array("t", t, "a number in [1, inf]").astype(np.float64)
+  if not np.all(t >= 1.0):  # NaN fails too.
+    raise ValueError(f"t must be in [1, inf], got {t!r}.")
+  v = _checks.in_interval("noise", noise, 0.0, math.inf, high_open=True)
+  d = _checks.in_interval("change", change, 0.0, math.inf, high_open=True)
+  _checks.broadcastable(beta=b, t=t, noise=v, change=d)
+  return _checks.float_or_array(v * _retained_noise(b, t) + d * _mean_age(b, t) ** 2)
+
+
+def beta_from_noise_and_lag(
+  noise: ArrayLike,
+  change: ArrayLike,
+  *,
+  beta_range: tuple[float, float] = (0.68377, 0.999),
+  grid: Sequence[float] | np.ndarray | None = BETA_GRID,
+) -> float | np.ndarray:
+  r"""[FH26c]'s cubic memory rule: the beta that balances noise against lag.
+
+  .. math::
+
+    H^* = \operatorname*{arg\,min}_H \frac{V}{2H} + D H^2
+        = \Big(\frac{V}{4D}\Big)^{1/3}, \qquad \beta = 1 - 1/H^*,
+
+  with :math:`H^*` clipped to :math:`[1/(1-\beta_{lo}), 1/(1-\beta_{hi})]`,
+  then snapped (as :func:`snap_beta`) to the ``grid`` values in
+  ``beta_range``. :math:`D = 0 < V` gives the longest memory; :math:`V = 0`
+  the shortest (see :doc:`choosing_beta`).
+
+  Args:
+    noise: :math:`V \ge 0`, the direction's noise per observation.
+    change: :math:`D \ge 0`, its squared change per update.
+    beta_range: ``(low, high)``, ``0 <= low <= high < 1``: the memories
+      allowed.
+    grid: memories to snap to (values in [0, 1); those within 1e-5 of
+      ``beta_range`` are used), or None for the continuous beta.
+
+  Returns:
+    The memory :math:`\beta`, a float for scalar inputs, else an array.
+
+  Example:
+    >>> import balanced_optax as bo
+    >>> print(round(bo.beta_from_noise_and_lag(0.18, 4e-6, grid=None), 5))
+    0.95537
+    >>> print(round(bo.beta_from_noise_and_lag(0.18, 4e-6), 5))
+    0.94377
+    >>> print(bo.beta_from_noise_and_lag(0.18, 0.0))
+    0.999
+
+  References:
+    [FH26c] Fernandez-Hernandez et al., Early Memory Selection for Balanced
+    Adam, 2026.
+  """
+  v = _checks.in_interval("noise", noise, 0.0, math.inf, high_open=True)
+  d = _checks.in_interval("change", change, 0.0, math.inf, high_open=True)
+  _checks.broadcastable(noise=v, change=d)
+  low, high = _checks.beta_range("beta_range", beta_range)
+  candidates = None if grid is None else _checks.grid_in_range("grid", grid, low, high)
+  h_low, h_high = 1.0 / (1.0 - low), 1.0 / (1.0 - high)
+  v, d = np.broadcast_arrays(v, d)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    h = np.cbrt(v / (4.0 * d))
+  # Both zero: every memory has zero risk; the shortest reacts fastest to a
+  # change the measurement did not see.
+  h = np.where(d == 0.0, np.where(v > 0.0, h_high, h_low), h)
+  beta = 1.0 - 1.0 / np.clip(h, h_low, h_high)
+  if candidates is not None:
+    beta = _nearest(beta, candidates)
+  return _checks.float_or_array(beta)
+
+
 def scale_beta_for_batch(beta: ArrayLike, kappa: ArrayLike) -> float | np.ndarray:
-  r"""[B23]'s EMA scaling rule :math:`\beta \to \beta^\kappa`.
+  r"""[B23]'s EMA scaling rule: the same memory in samples for a larger batch.
 
   .. math::
 
     \beta_{\kappa B} = \beta_B^{\,\kappa}.
-
-  When the batch grows by a factor :math:`\kappa` (so the run takes
-  :math:`\kappa` times fewer steps for the same data), :math:`\beta^\kappa`
-  keeps the EMA's memory the same *in samples*: one new step weighs what
-  :math:`\kappa` old steps did. To first order in :math:`1-\beta` the horizon
-  in steps shrinks by :math:`\kappa`.
 
   Args:
     beta: EMA memory in [0, 1).
@@ -326,16 +425,19 @@ def scale_beta_for_batch(beta: ArrayLike, kappa: ArrayLike) -> float | np.ndarra
   Raises:
     ValueError: if an argument is out of range, or if :math:`\kappa` is so
       small that :math:`\beta^\kappa` rounds to 1.0 in float64 (e.g.
-      ``scale_beta_for_batch(0.5, 1e-30)``: a horizon of :math:`10^{30}`
-      steps, which no float64 beta below 1 can represent).
+      ``scale_beta_for_batch(0.5, 1e-30)``).
 
   Example:
     >>> import balanced_optax as bo
     >>> print(round(bo.scale_beta_for_batch(0.99, kappa=4), 6))
     0.960596
+
+  References:
+    [B23] Busbridge et al., How to Scale Your EMA, NeurIPS 2023.
   """
   b = _checks.unit_interval("beta", beta)
   k = _checks.in_interval("kappa", kappa, 0.0, low_open=True)
+  _checks.broadcastable(beta=b, kappa=k)
   scaled = b**k
   return _checks.float_or_array(
     _checks.below_one(scaled, f"scale_beta_for_batch(beta={beta!r}, kappa={kappa!r})")
@@ -354,28 +456,14 @@ def in_convergence_region(
 ) -> tuple[bool, str]:
   r"""Whether (beta1, beta2) lies in [Z22]'s convergence region, and why.
 
-  [Z22] proves that Adam, unmodified, converges when
-
   .. math::
 
     \beta_2 \ge \beta_2^* \quad\text{and}\quad \beta_1 < \sqrt{\beta_2},
 
-  that is:
-
-  1. :math:`\beta_2 \ge \beta_2^*`, a problem-dependent threshold that rises
-     as the batch gets smaller (0.999-0.9995 reported for small batches);
-     below it there is a region where Adam can diverge, and
-  2. :math:`\beta_1 < \sqrt{\beta_2}`.
-
-  Condition 2 is checked here. Condition 1 is checked only when
-  ``beta2_critical`` is given; otherwise the reason says that it is unknown,
-  and the bool reflects condition 2 alone. Balanced Adam
-  (:math:`\beta_1 = \beta_2 = \beta`, :math:`0 < \beta < 1`) always meets
-  condition 2 (:math:`\beta < \sqrt\beta`) but must still clear
-  :math:`\beta_2^*`; :math:`\beta = 0` does not (:math:`0 \not< 0`). When
-  condition 2 fails the advice is to lower :math:`\beta_1` below
-  :math:`\sqrt{\beta_2}` or raise :math:`\beta_2` above :math:`\beta_1^2`
-  (only the latter when :math:`\beta_1 = 0`).
+  with :math:`\beta_2^*` problem-dependent: checked only when
+  ``beta2_critical`` is given, otherwise the reason says it is unchecked and
+  the bool reflects :math:`\beta_1 < \sqrt{\beta_2}` alone (see
+  :doc:`choosing_beta`).
 
   Args:
     beta1: first-moment memory in [0, 1) (a scalar).
@@ -391,6 +479,10 @@ def in_convergence_region(
     >>> ok, reason = bo.in_convergence_region(0.95, 0.95, beta2_critical=0.9)
     >>> print(ok, "|", reason)
     True | beta1 = 0.95 < sqrt(beta2) = 0.974679; beta2 = 0.95 >= beta2* = 0.9.
+
+  References:
+    [Z22] Zhang et al., Adam Can Converge Without Any Modification on Update
+    Rules, arXiv 2208.09632, NeurIPS 2022.
   """
   b1, b2 = _scalar_beta("beta1", beta1), _scalar_beta("beta2", beta2)
   root = math.sqrt(b2)
@@ -447,87 +539,12 @@ def _running_median(x: np.ndarray, half_width: int) -> np.ndarray:
   return out
 
 
-def estimate_effective_horizon(
+def _checked_curve(
   val_losses: Sequence[float] | np.ndarray,
-  steps: Sequence[float] | np.ndarray | None = None,
-  *,
-  fraction: float = 1.0,
-  window: int | None = 1,
-) -> float:
-  r"""The effective learning horizon :math:`T_{ES}` of a validation-loss curve.
-
-  By default this is [FH26b]'s reading: :math:`T_{ES}` is the update count at
-  which the run's best validation loss was recorded,
-
-  .. math::
-
-    T_{ES} = t_{i^*}, \qquad i^* = \min \operatorname*{arg\,min}_i L_i,
-
-  the early-stopping point (the first evaluation reaching the minimum). Their
-  tables read this way: a 10,000-update WikiText run whose best validation
-  loss came at update 6000 has :math:`T_{ES} = 6000`, and vision runs still
-  improving at the end have :math:`T_{ES}` about their total updates. The
-  result is one of ``steps``, so its resolution is the evaluation interval
-  (their round T_ES values are round evaluation steps).
-
-  Two optional refinements, for noisy or long flat curves (defaults off):
-
-  1. ``window`` > 1 smooths first: :math:`\tilde L` = centred running median
-     over ``window`` evaluations (isolated spikes vanish). At the start the
-     window shrinks symmetrically, so :math:`\tilde L_0 = L_0`; at the end it
-     stays full (the last ``window`` values), where noise would otherwise pick
-     the minimum.
-  2. ``fraction`` = :math:`q < 1` stops earlier: with :math:`L_0 = \tilde L_0`
-     and :math:`L^* = \tilde L_{i^*}`, :math:`T_{ES}` is the first step from
-     which :math:`\tilde L` stays at or below :math:`L_0 - q\,(L_0 - L^*)`
-     all the way to :math:`t_{i^*}`, linearly interpolated between
-     evaluations: from there on, all further improvement is at most
-     :math:`1-q` of the total. For :math:`L(t) = a + b e^{-t/\tau}` on
-     :math:`[0, T]`,
-
-     .. math::
-
-       T_{ES} = -\tau \ln\bigl(1 - q\,(1 - e^{-T/\tau})\bigr)
-       \;\approx\; \tau \ln\frac{1}{1-q} \quad (T \gg \tau),
-
-     while :math:`q = 1` gives :math:`T` (the curve is still improving).
-
-  Noise of standard deviation :math:`\sigma` on a flat tail moves the raw
-  argmin anywhere along the tail; ``window`` = about ``len(val_losses) / 10``
-  and ``fraction=0.95`` pin :math:`T_{ES}` to a few percent at noise of 0.3%
-  of the improvement. Those settings give shorter :math:`T_{ES}` (hence
-  smaller beta from :func:`beta_from_refresh`) than [FH26b]'s reading, which
-  its published selections were made with.
-
-  Args:
-    val_losses: validation losses in step order, at least 2 finite values.
-    steps: the steps (updates) at which they were measured, finite, >= 0 and
-      strictly increasing; default ``0, 1, 2, ...`` (then :math:`T_{ES}` is in
-      evaluations).
-    fraction: :math:`q \in (0, 1]`, the share of the total improvement that
-      ends the useful phase (default 1: the best loss itself).
-    window: odd number of evaluations in the running median, at most
-      ``len(val_losses)``; 1 (default) disables smoothing, None picks
-      :math:`2\,\mathrm{round}(n/20) + 1` for :math:`n` losses, an odd number
-      about :math:`n/10` (at least 3, at most :math:`n`).
-
-  Returns:
-    :math:`T_{ES}` in the units of ``steps``, a float.
-
-  Raises:
-    ValueError: for fewer than 2 losses, non-real or non-finite values,
-      mismatched, negative or non-increasing steps, a bad ``fraction`` or
-      ``window`` (bools are not integers), or a curve whose best value is its
-      first.
-
-  Example:
-    >>> import balanced_optax as bo
-    >>> steps = range(0, 10_001, 1000)  # a 10,000-update run, evaluated every 1000
-    >>> val = [4.1, 3.2, 2.9, 2.75, 2.68, 2.65, 2.64, 2.645, 2.65, 2.66, 2.67]
-    >>> t_es = bo.estimate_effective_horizon(val, steps)
-    >>> print(t_es, round(bo.beta_from_refresh(t_es, grid=bo.BETA_GRID), 3))
-    6000.0 0.822
-  """
+  steps: Sequence[float] | np.ndarray | None,
+  window: int | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+  """(losses, steps, window) as float64 arrays and an odd int, or ValueError."""
   losses = _checks.real_array("val_losses", val_losses, "real numbers")
   losses = losses.astype(np.float64)
   if losses.ndim != 1 or len(losses) < 2:
@@ -547,7 +564,6 @@ def estimate_effective_horizon(
       )
     if np.any(np.diff(t) <= 0) or t[0] < 0:
       raise ValueError("steps must be >= 0 and strictly increasing.")
-  q = float(_checks.in_interval("fraction", fraction, 0.0, 1.0, low_open=True))
   if window is None:  # Odd, about n / 10, at least 3 but never above n.
     n = len(losses)
     window = min(max(3, 2 * round(n / 20) + 1), n if n % 2 else n - 1)
@@ -561,16 +577,76 @@ def estimate_effective_horizon(
       "window must be a positive odd integer <= len(val_losses) ="
       f" {len(losses)}, or None, got {window!r}."
     )
+  return losses, t, int(window)
 
+
+def estimate_effective_horizon(
+  val_losses: Sequence[float] | np.ndarray,
+  steps: Sequence[float] | np.ndarray | None = None,
+  *,
+  fraction: float = 1.0,
+  window: int | None = 1,
+) -> float:
+  r"""The effective learning horizon :math:`T_{ES}` of a validation-loss curve.
+
+  By default [FH26b]'s reading, the first evaluation of the best validation
+  loss (the early-stopping point):
+
+  .. math::
+
+    T_{ES} = t_{i^*}, \qquad i^* = \min \operatorname*{arg\,min}_i L_i.
+
+  For noisy or long flat curves, ``window`` smooths :math:`L` by a running
+  median first, and ``fraction`` = :math:`q < 1` returns the first step from
+  which the smoothed curve stays at or below :math:`L_0 - q\,(L_0 - L^*)` up to
+  :math:`t_{i^*}` (see :doc:`choosing_beta`).
+
+  Args:
+    val_losses: validation losses in step order, at least 2 finite values.
+    steps: the steps (updates) at which they were measured, finite, >= 0 and
+      strictly increasing; default ``0, 1, 2, ...`` (then :math:`T_{ES}` is in
+      evaluations).
+    fraction: :math:`q \in (0, 1]`, the share of the total improvement that
+      ends the useful phase (default 1: the best loss itself).
+    window: odd number of evaluations in the running median, at most
+      ``len(val_losses)``; 1 (default) disables smoothing, None picks
+      :math:`2\,\mathrm{round}(n/20) + 1` for :math:`n` losses (at least 3,
+      at most :math:`n`).
+
+  Returns:
+    :math:`T_{ES}` in the units of ``steps``, a float.
+
+  Raises:
+    ValueError: for bad losses, steps, ``fraction`` or ``window``, or a curve
+      whose best value is its first.
+
+  Example:
+    >>> import balanced_optax as bo
+    >>> steps = range(0, 10_001, 1000)  # a 10,000-update run, evaluated every 1000
+    >>> val = [4.1, 3.2, 2.9, 2.75, 2.68, 2.65, 2.64, 2.645, 2.65, 2.66, 2.67]
+    >>> t_es = bo.estimate_effective_horizon(val, steps)
+    >>> print(t_es, round(bo.beta_from_refresh(t_es, grid=bo.BETA_GRID), 3))
+    6000.0 0.822
+
+  References:
+    [FH26b] Fernandez-Hernandez et al., Refresh-Scaling the Memory of Balanced
+    Adam, arXiv 2605.10119, 2026.
+  """
+  losses, t, window = _checked_curve(val_losses, steps, window)
+  q = float(_checks.in_interval("fraction", fraction, 0.0, 1.0, low_open=True))
   smooth = _running_median(losses, window // 2) if window > 1 else losses
   best = int(np.argmin(smooth))  # The first evaluation reaching the minimum.
   if best == 0:
     raise ValueError("val_losses never improve on their first value.")
   if q == 1.0:
     return float(t[best])
-  level = smooth[0] - q * (smooth[0] - smooth[best])
+  # Halved, the differences of finite losses cannot overflow; halving is exact.
+  half = smooth / 2.0
+  level = max(2.0 * (half[0] - q * (half[0] - half[best])), smooth[best])
   above = np.nonzero(smooth[: best + 1] > level)[0]
+  if above.size == 0:  # q so small that the level rounds to L_0.
+    return float(t[0])
   j = int(above[-1])  # Last evaluation above the level; j + 1 <= best is below.
   # Linear interpolation of the crossing between evaluations j and j + 1.
-  w = (smooth[j] - level) / (smooth[j] - smooth[j + 1])
+  w = (half[j] - level / 2.0) / (half[j] - half[j + 1])
   return float(t[j] + w * (t[j + 1] - t[j]))

@@ -1,27 +1,15 @@
 r"""Early memory selection [FH26c]: choose beta from a short pilot run.
 
-Balanced Adam's direction tracks :math:`r = \mu / (\sqrt{q} + \varepsilon)`
-(:math:`\mu = \mathbb{E} g`, :math:`q = \mathbb{E} g^2`, per coordinate). An
-EMA of memory :math:`\beta` over the last :math:`t` gradients uses the
-bias-corrected weights :math:`w(k) = (1-\beta)\beta^k / (1-\beta^t)`, ages
-:math:`k < t`: a long memory averages the gradient noise away but lags a
-moving target. To first order the tracking error has mean square
-
-.. math::
-
-  \mathbb{E}|e|^2 = V\, c(\beta, t) + D\, a(\beta, t)^2, \qquad
-  c = \sum_k w(k)^2, \qquad a = \sum_k k\, w(k),
-
-with :math:`V` the noise of the direction per observation and :math:`D` its
-squared change per update (:func:`tracking_risk`). In memory units
-:math:`H = 1/(1-\beta)` the long-history risk :math:`V/(2H) + D H^2` is
-minimised at :math:`H^* = (V/(4D))^{1/3}` (:func:`beta_from_noise_and_lag`).
-:func:`select_beta` measures :math:`V` and :math:`D` on the user's own model
-with a 200-update pilot and 64 probe gradients, and returns the memory.
+:func:`select_beta` trains a short pilot with the run's own recipe, measures
+the noise :math:`V` and the drift :math:`D` of balanced Adam's direction
+:math:`r = \mu / (\sqrt{q} + \varepsilon)` with probe gradients at a few
+checkpoints, and returns the memory that balances them
+(:func:`~balanced_optax.beta_from_noise_and_lag`). The method, its estimators
+and what they target are in :doc:`choosing_beta`.
 """
 
-import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -30,162 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from balanced_optax import _checks, _rounding
-from balanced_optax.beta_rules import BETA_GRID, snap_beta
-
-ArrayLike = float | np.ndarray | Sequence[float]
-
-_REFERENCE = (
-  "[FH26c] Fernandez-Hernandez, Perez-Corral, Dolz, Mestre, Quintana-Orti,"
-  " Early Memory Selection for Balanced Adam, 2026."
-)
-
-
-def _out(x: np.ndarray) -> float | np.ndarray:
-  return float(x) if x.ndim == 0 else x
-
-
-def _retained_noise(beta: np.ndarray, t: np.ndarray) -> np.ndarray:
-  """c(beta, t) = sum_k w(k)^2; 1 at beta = 0 or t = 1."""
-  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-    bt = np.where(np.isinf(t), 0.0, beta**t)
-    c = (1.0 - beta) / (1.0 + beta) * (1.0 + bt) / (1.0 - bt)
-  return np.where((beta == 0.0) | (t == 1.0), 1.0, c)
-
-
-def _mean_age(beta: np.ndarray, t: np.ndarray) -> np.ndarray:
-  """a(beta, t) = sum_k k w(k); 0 at beta = 0 or t = 1."""
-  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-    bt = np.where(np.isinf(t), 0.0, beta**t)
-    tail = np.where(np.isinf(t), 0.0, t * bt / (1.0 - bt))
-    a = beta / (1.0 - beta) - tail
-  return np.where((beta == 0.0) | (t == 1.0), 0.0, a)
-
-
-def tracking_risk(
-  beta: ArrayLike, t: ArrayLike, noise: ArrayLike, change: ArrayLike
-) -> float | np.ndarray:
-  r"""[FH26c]'s finite-history tracking risk :math:`V c(\beta,t) + D a(\beta,t)^2`.
-
-  With the bias-corrected EMA weights :math:`w(k) = (1-\beta)\beta^k /
-  (1-\beta^t)` over ages :math:`k = 0, \dots, t-1`:
-
-  .. math::
-
-    c(\beta, t) = \sum_k w(k)^2
-      = \frac{1-\beta}{1+\beta}\,\frac{1+\beta^t}{1-\beta^t}, \qquad
-    a(\beta, t) = \sum_k k\, w(k)
-      = \frac{\beta}{1-\beta} - \frac{t\,\beta^t}{1-\beta^t},
-
-  and the risk is :math:`V c + D a^2`: the noise the average retains plus the
-  squared delay of its mean age. At :math:`\beta = 0` or :math:`t = 1` the
-  EMA is the last observation, :math:`c = 1`, :math:`a = 0`; ``t = inf`` gives
-  the long-history limits :math:`c = (1-\beta)/(1+\beta)`,
-  :math:`a = \beta/(1-\beta)`, i.e. :math:`V/(2H-1) + D(H-1)^2` with
-  :math:`H = 1/(1-\beta)`. The closed forms lose relative accuracy to
-  cancellation only when :math:`1-\beta` is tiny against :math:`1/t`
-  (:math:`a \to (t-1)/2`); at :math:`\beta \le 0.999`, :math:`t \ge 2` they
-  match the exact sums to 3e-11 relative (:math:`a` at :math:`t = 2`, the
-  worst case; :math:`c` to 2e-14).
-
-  Args:
-    beta: EMA memory in [0, 1).
-    t: number of observations averaged, >= 1 (``np.inf`` allowed).
-    noise: :math:`V \ge 0`, the direction's noise per observation.
-    change: :math:`D \ge 0`, the direction's squared change per update.
-
-  Returns:
-    The risk, a float for scalar inputs, else an array (inputs broadcast).
-
-  Example:
-    >>> import balanced_optax as bo
-    >>> print(round(bo.tracking_risk(0.0, 10, noise=0.18, change=4e-6), 6))
-    0.18
-    >>> print(round(bo.tracking_risk(0.95537, 200, 0.18, 4e-6), 6))
-    0.005939
-
-  References:
-    [FH26c] Fernandez-Hernandez et al., Early Memory Selection for Balanced
-    Adam, 2026.
-  """
-  b = _checks.in_interval("beta", beta, 0.0, 1.0, high_open=True)
-  t = _checks.real_array("t", t, "a number in [1, inf]").astype(np.float64)
-  if not np.all(t >= 1.0):  # NaN fails too.
-    raise ValueError(f"t must be in [1, inf], got {t!r}.")
-  v = _checks.in_interval("noise", noise, 0.0, math.inf, high_open=True)
-  d = _checks.in_interval("change", change, 0.0, math.inf, high_open=True)
-  return _out(v * _retained_noise(b, t) + d * _mean_age(b, t) ** 2)
-
-
-def beta_from_noise_and_lag(
-  noise: ArrayLike,
-  change: ArrayLike,
-  *,
-  beta_range: tuple[float, float] = (0.68377, 0.999),
-  grid: Sequence[float] | np.ndarray | None = BETA_GRID,
-) -> float | np.ndarray:
-  r"""[FH26c]'s cubic memory rule: the beta that balances noise against lag.
-
-  .. math::
-
-    H^* = \operatorname*{arg\,min}_H \frac{V}{2H} + D H^2
-        = \Big(\frac{V}{4D}\Big)^{1/3}, \qquad \beta = 1 - 1/H^*,
-
-  with :math:`H^*` clipped to :math:`[1/(1-\beta_{lo}), 1/(1-\beta_{hi})]`.
-  No measured change (:math:`D = 0 < V`) gives the longest memory, no noise
-  (:math:`V = 0 < D`) the shortest. When both are zero every memory has zero
-  risk; the rule then returns the shortest memory, the one that reacts fastest
-  to a change the measurement did not see. The beta is then snapped to the
-  nearest value, in beta distance (ties to the smaller), of ``grid``
-  restricted to ``beta_range``: with the defaults the 11 values 0.68377 ...
-  0.999 of [FH26c].
-
-  The rule is forgiving: with :math:`z = H/H^*` the large-H risk is
-  :math:`(2/z + z^2)/3` times its minimum, and a factor :math:`k` error in
-  :math:`V` or :math:`D` moves :math:`H` by :math:`k^{1/3}` only.
-
-  Args:
-    noise: :math:`V \ge 0`, the direction's noise per observation.
-    change: :math:`D \ge 0`, its squared change per update.
-    beta_range: ``(low, high)``, ``0 <= low <= high < 1``: the memories
-      allowed.
-    grid: memories to snap to (values in [0, 1); only those within 1e-5 of
-      ``beta_range`` are used, so that a range written with rounded grid
-      values, e.g. 0.68377, keeps them), or None for the continuous beta.
-
-  Returns:
-    The memory :math:`\beta`, a float for scalar inputs, else an array.
-
-  Example:
-    >>> import balanced_optax as bo
-    >>> print(round(bo.beta_from_noise_and_lag(0.18, 4e-6, grid=None), 5))
-    0.95537
-    >>> print(round(bo.beta_from_noise_and_lag(0.18, 4e-6), 5))
-    0.94377
-    >>> print(bo.beta_from_noise_and_lag(0.18, 0.0))
-    0.999
-
-  References:
-    [FH26c] Fernandez-Hernandez et al., Early Memory Selection for Balanced
-    Adam, 2026.
-  """
-  v = _checks.in_interval("noise", noise, 0.0, math.inf, high_open=True)
-  d = _checks.in_interval("change", change, 0.0, math.inf, high_open=True)
-  low, high = _checks.beta_range("beta_range", beta_range)
-  candidates = None if grid is None else _checks.grid_in_range("grid", grid, low, high)
-  h_low, h_high = 1.0 / (1.0 - low), 1.0 / (1.0 - high)
-  v, d = np.broadcast_arrays(v, d)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    h = np.cbrt(v / (4.0 * d))
-  h = np.where(d == 0.0, np.where(v > 0.0, h_high, h_low), h)
-  beta = 1.0 - 1.0 / np.clip(h, h_low, h_high)
-  if candidates is not None:
-    beta = np.asarray(snap_beta(beta, candidates))
-  return _out(beta)
+from balanced_optax import _checks, _probes
+from balanced_optax.beta_rules import BETA_GRID, beta_from_noise_and_lag
 
 
 class BetaSelection(NamedTuple):
-  r"""What :func:`select_beta` measured and chose (see its docstring).
+  r"""What :func:`select_beta` measured and chose.
 
   Attributes:
     beta: the chosen memory, snapped to the grid (the continuous one if
@@ -198,13 +36,15 @@ class BetaSelection(NamedTuple):
     lags: the lags :math:`n`, in updates.
     lag_changes: :math:`y_n = |z_{T_p} - z_{T_p-n}|^2 / n^2`, one per lag.
     horizon: :math:`H` after clipping, in updates.
-    pilot_steps: :math:`T_p`, the pilot's updates.
+    pilot_steps: :math:`T_p`, the pilot's optimizer updates.
     pilot_beta: the memory the pilot trained with.
     num_probes: probe gradients per checkpoint.
-    gradient_evaluations: pilot updates plus probe gradients.
+    gradient_evaluations: gradients computed, the pilot's and the probes'
+      (micro-batches under gradient accumulation).
     seconds: wall time of the whole selection (pilot, probes, compilation).
-    pilot_params: parameters after the pilot's updates (for warm starts and
-      checks; ``sel._replace(pilot_params=None)`` frees them).
+    skipped_probes: the probes left out for a non-finite gradient.
+    pilot_params: parameters after the pilot's updates
+      (``sel._replace(pilot_params=None)`` frees them).
   """
 
   beta: float
@@ -221,72 +61,47 @@ class BetaSelection(NamedTuple):
   num_probes: int
   gradient_evaluations: int
   seconds: float
+  skipped_probes: tuple[int, ...] = ()
   pilot_params: Any = None
 
   def as_dict(self) -> dict[str, Any]:
     """The scalar fields as plain Python values (JSON-ready; no params)."""
     d = self._asdict()
     d.pop("pilot_params")
-    d["lags"] = list(d["lags"])
-    d["lag_changes"] = list(d["lag_changes"])
+    for name in ("lags", "lag_changes", "skipped_probes"):
+      d[name] = list(d[name])
     return d
 
   def report(self) -> str:
     """One line for a training log."""
+    skipped = len(self.skipped_probes)
     return (
       f"beta={self.beta:.5f} (continuous {self.beta_continuous:.5f},"
       f" H={self.horizon:.1f}) from noise V={self.noise:.4g},"
       f" change D={self.change:.4g} (I={self.lag_intercept:.4g},"
       f" C={self.lag_slope:.4g}, lags {list(self.lags)});"
       f" pilot {self.pilot_steps} updates at beta={self.pilot_beta:g},"
-      f" {self.gradient_evaluations} gradients, {self.seconds:.1f} s"
+      f" {self.gradient_evaluations} gradients"
+      + (f" ({skipped} non-finite probes skipped)" if skipped else "")
+      + f", {self.seconds:.1f} s"
     )
 
 
-def _leaf_seeds(num_leaves: int, seed: int) -> np.ndarray:
-  """One uint32 hash seed per leaf, fixed by (seed, leaf position)."""
-  x = np.arange(num_leaves, dtype=np.uint64) + np.uint64(seed % 2**32) * 0x9E3779B1
-  x = (x % 2**32).astype(np.uint32)
-  for _ in range(2):  # lowbias32 on the host; the device repeats it per element.
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7FEB352D)
-    x = x ^ (x >> np.uint32(15))
-    x = x * np.uint32(0x846CA68B)
-    x = x ^ (x >> np.uint32(16))
-  return x
+# --- The estimators ------------------------------------------------------------
 
 
-def _sum_dtype() -> jnp.dtype:
-  return jax.dtypes.canonicalize_dtype(jnp.float64)
+def _squared_norm(x: np.ndarray, axis: int | None = None) -> np.ndarray:
+  return np.sum(np.real(x * np.conj(x)), axis=axis)
 
 
-def _sketch(tree: Any, leaf_seeds: jax.Array, dim: int) -> jax.Array:
-  """Tensor-balanced signed-bucket sketch, computed where the leaves live.
-
-  Element i of a leaf with n entries lands in bucket b_i = h_i mod dim with
-  sign s_i from one more round of the hash, h_i = hash(leaf seed + global
-  index i); the leaf contributes n^(-1/2) sum_i s_i r_i per bucket. The hash is
-  evaluated in each leaf's own shape, so under sharding every device hashes
-  and scatters its own block and only the dim-vector is reduced across them.
-  """
-  dtype = _sum_dtype()
-  total = jnp.zeros((dim,), dtype)
-  for k, leaf in enumerate(jax.tree.leaves(tree)):
-    bits = _rounding.index_bits(leaf.shape, leaf_seeds[k])
-    bucket = (bits % jnp.uint32(dim)).astype(jnp.int32)
-    sign = jnp.where(_rounding.mix(bits ^ jnp.uint32(0x5BD1E995)) >> 31 == 0, 1, -1)
-    values = sign * leaf.astype(dtype)
-    # Under explicit sharding the replicated sketch must be asked for: each
-    # device scatters its own block, then the partial sketches are summed.
-    sharding = jax.typeof(leaf).sharding
-    out_sharding = None
-    if any(axis is not None for axis in sharding.spec):
-      out_sharding = jax.sharding.NamedSharding(sharding.mesh, jax.P())
-    contribution = (
-      jnp.zeros((dim,), dtype).at[bucket].add(values, out_sharding=out_sharding)
-    )
-    total = total + contribution / math.sqrt(max(leaf.size, 1))
-  return total
+def _noise_estimate(z: np.ndarray, z_groups: np.ndarray, sizes: np.ndarray) -> float:
+  r"""V^ = N / (mean_j(N / n_j) - 1) * mean_j |z_j - z|^2, for groups of n_j
+  probes and N = sum_j n_j: unbiased to first order (m/(G-1) * mean for equal
+  groups)."""
+  n = np.asarray(sizes, np.float64)
+  total = n.sum()
+  spread = np.mean(_squared_norm(z_groups - z, axis=-1))
+  return float(total / (np.mean(total / n) - 1.0) * spread)
 
 
 def _lag_fit(lags: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -297,72 +112,319 @@ def _lag_fit(lags: np.ndarray, y: np.ndarray) -> tuple[float, float]:
   return float(intercept), float(slope)
 
 
-class _Probe:
-  """Jitted probe measurement: group and pooled sketched directions.
+# --- select_beta: checks, the pilot, the estimate, the selection --------------
 
-  Holds only running sums (two for the group, two pooled) besides one
-  gradient, never the individual probe gradients.
+
+class _Settings(NamedTuple):
+  """select_beta's checked arguments."""
+
+  pilot_steps: int
+  lags: tuple[int, ...]  # distinct, ascending
+  num_probes: int
+  num_groups: int
+  sketch_dim: int
+  beta_range: tuple[float, float]
+  seed: int
+
+
+class _Pilot(NamedTuple):
+  """What the pilot ran and measured."""
+
+  sketches: dict[int, _probes.Sketches]  # by pilot update
+  params: Any
+  gradient_evaluations: int
+  skipped_probes: tuple[int, ...]
+  seconds: float
+
+
+class _Measurement(NamedTuple):
+  """V and D as estimated from the sketches."""
+
+  noise: float
+  change: float
+  lag_intercept: float
+  lag_slope: float
+  lag_changes: tuple[float, ...]
+
+
+def _check_arguments(
+  make_optimizer: Any,
+  grad_fn: Any,
+  train_batch: Any,
+  probe_batch: Any,
+  params: Any,
+  *,
+  pilot_steps: Any,
+  pilot_beta: Any,
+  lags: Any,
+  num_probes: Any,
+  num_groups: Any,
+  sketch_dim: Any,
+  eps: Any,
+  beta_range: Any,
+  grid: Any,
+  seed: Any,
+) -> _Settings:
+  """select_beta's arguments, checked before anything runs."""
+  if isinstance(make_optimizer, optax.GradientTransformation) or not callable(
+    make_optimizer
+  ):
+    raise ValueError(
+      "make_optimizer must be a function beta -> optax.GradientTransformation,"
+      " the run's recipe with beta left open (e.g. lambda beta:"
+      f" bo.balanced_adam(1e-3, beta)), got a {type(make_optimizer).__name__}."
+    )
+  for name, fn in (("grad_fn", grad_fn), ("train_batch", train_batch)):
+    if not callable(fn):
+      raise ValueError(f"{name} must be a function, got a {type(fn).__name__}.")
+  if probe_batch is not None and not callable(probe_batch):
+    raise ValueError(
+      f"probe_batch must be a function or None, got a {type(probe_batch).__name__}."
+    )
+  pilot_steps = _checks.integer("pilot_steps", pilot_steps, 1)
+  if not isinstance(lags, Iterable) or isinstance(lags, str):
+    raise ValueError(f"lags must be a sequence of integers >= 1, got {lags!r}.")
+  lag_list = [_checks.integer("lags", n, 1) for n in lags]
+  if len(set(lag_list)) < 2:
+    raise ValueError(f"lags must hold at least two distinct integers, got {lags!r}.")
+  if max(lag_list) >= pilot_steps:
+    raise ValueError(
+      f"lags must lie in [1, pilot_steps - 1] = [1, {pilot_steps - 1}], got {lags!r}."
+    )
+  num_groups = _checks.integer("num_groups", num_groups, 2)
+  num_probes = _checks.integer("num_probes", num_probes, num_groups)
+  if num_probes % num_groups:
+    raise ValueError(
+      f"num_probes must be a multiple of num_groups={num_groups}, got {num_probes}."
+    )
+  sketch_dim = _checks.integer("sketch_dim", sketch_dim, 1)
+  _checks.check_beta("pilot_beta", pilot_beta)
+  _checks.check_interval("eps", eps, 0.0)
+  low, high = _checks.beta_range("beta_range", beta_range)
+  if grid is not None:
+    _checks.grid_in_range("grid", grid, low, high)
+  seed = _checks.integer("seed", seed, 0)
+  if not sum(jnp.size(x) for x in jax.tree.leaves(params)):
+    raise ValueError(
+      "params hold no coordinates: there is no direction whose noise and"
+      " change the pilot could measure."
+    )
+  return _Settings(
+    pilot_steps=pilot_steps,
+    lags=tuple(sorted(set(lag_list))),
+    num_probes=num_probes,
+    num_groups=num_groups,
+    sketch_dim=sketch_dim,
+    beta_range=(low, high),
+    seed=seed,
+  )
+
+
+# An optax.MultiSteps that makes no update in this many micro-batches is stuck.
+_MAX_MICRO_BATCHES = 10_000
+
+
+def _accumulation(opt_state: Any) -> optax.MultiStepsState | None:
+  """The state of the recipe's optax.MultiSteps, None if it has none."""
+  is_multi = lambda x: isinstance(x, optax.MultiStepsState)
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_multi) if is_multi(s)]
+  if len(found) > 1:
+    raise ValueError(
+      "make_optimizer's recipe nests several optax.MultiSteps; select_beta"
+      " counts the updates of one."
+    )
+  return found[0] if found else None
+
+
+def _counts(opt_state: Any) -> tuple[int, int]:
+  """optax.MultiSteps' (mini_step, gradient_step), on the host."""
+  state = _accumulation(opt_state)
+  assert state is not None
+  mini, updates = jax.device_get((state.mini_step, state.gradient_step))
+  return int(mini), int(updates)
+
+
+def _one_update(train_step, params, opt_state, train_batch, used: int):
+  """One optimizer update: one batch, or as many as optax.MultiSteps takes.
+
+  Returns the new params and state, the batches used so far and the
+  micro-batches the update averaged.
   """
+  if _accumulation(opt_state) is None:
+    params, opt_state = train_step(params, opt_state, train_batch(used))
+    return params, opt_state, used + 1, 1
+  mini, updates = _counts(opt_state)
+  for _ in range(_MAX_MICRO_BATCHES):
+    params, opt_state = train_step(params, opt_state, train_batch(used))
+    used += 1
+    new_mini, new_updates = _counts(opt_state)
+    if new_updates > updates:
+      return params, opt_state, used, mini + 1
+    mini = new_mini
+  raise ValueError(
+    f"optax.MultiSteps made no update in {_MAX_MICRO_BATCHES} micro-batches"
+    f" (up to train_batch({used - 1})): it skips them all."
+  )
 
-  def __init__(self, grad_fn, num_probes, num_groups, sketch_dim, eps, seed):
-    self.num_probes, self.num_groups = num_probes, num_groups
-    self.sketch_dim, self.eps, self.seed = sketch_dim, eps, seed
-    self._leaf_seeds = None
-    dtype = _sum_dtype()
 
-    def accumulate(sums, params, batch):
-      g = jax.tree.map(lambda x: x.astype(dtype), grad_fn(params, batch))
-      first, second = sums
-      return (
-        jax.tree.map(jnp.add, first, g),
-        jax.tree.map(lambda s, x: s + x * x, second, g),
+def _batches_after(train_batch: Callable[[int], Any], offset: int):
+  """The default probe batches: those after the pilot's ``offset`` batches."""
+  return lambda i: train_batch(offset + i)
+
+
+def _no_finite_probe(update: int, probes: range, finite: np.ndarray, params) -> str:
+  bad = [i for i, ok in zip(probes, finite, strict=True) if not ok]
+  diverged = not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+  return (
+    f"select_beta: at pilot update {update}, probe gradients {bad} are not"
+    " finite and leave a group of probes with none, whose direction, and so"
+    " the noise, cannot be measured."
+    + (
+      " The pilot's parameters are themselves not finite there: the pilot diverged."
+      if diverged
+      else " Check grad_fn and probe_batch for these probes."
+    )
+  )
+
+
+def _warn_skipped(skipped: list[tuple[int, int]]) -> None:
+  """A warning naming the (pilot update, probe) pairs left out."""
+  where = {u: [i for v, i in skipped if v == u] for u, _ in skipped}
+  warnings.warn(
+    f"select_beta skipped {len(skipped)} non-finite probe gradient(s): "
+    + "; ".join(f"probes {ids} at pilot update {u}" for u, ids in where.items()),
+    RuntimeWarning,
+    stacklevel=4,  # select_beta's caller
+  )
+
+
+def _run_pilot(
+  make_optimizer: Callable[[float], Any],
+  grad_fn: Callable[[Any, Any], Any],
+  train_batch: Callable[[int], Any],
+  probe_batch: Callable[[int], Any] | None,
+  params: Any,
+  settings: _Settings,
+  *,
+  pilot_beta: float,
+  eps: float,
+) -> _Pilot:
+  """The pilot's updates, and the probes' sketches at its checkpoints."""
+  start = time.perf_counter()
+  tx = make_optimizer(pilot_beta)
+  if not (
+    callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))
+  ):
+    raise ValueError(
+      f"make_optimizer({pilot_beta}) must return an optax.GradientTransformation,"
+      f" got a {type(tx).__name__}."
+    )
+
+  def step(params, opt_state, batch):
+    grads = grad_fn(params, batch)
+    _probes.check_gradients(grads, params)  # Traced: before the first update.
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  train_step = jax.jit(step, donate_argnums=(0, 1))
+  probe = _probes.Probe(
+    grad_fn,
+    settings.num_probes,
+    settings.num_groups,
+    settings.sketch_dim,
+    eps,
+    settings.seed,
+  )
+  checkpoints = {settings.pilot_steps - n for n in settings.lags}
+  checkpoints.add(settings.pilot_steps)
+
+  # The caller keeps params: the pilot donates its own copy.
+  params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+  opt_state = tx.init(params)
+  sketches, skipped = {}, []
+  used = drawn = probes = 0  # training batches, probe batches, probes
+  micro = 1  # micro-batches per update (optax.MultiSteps)
+  for update in range(settings.pilot_steps + 1):
+    if update in checkpoints:
+      if probe_batch is None:
+        probe_batch = _batches_after(train_batch, settings.pilot_steps * micro)
+      ids = range(drawn, drawn + settings.num_probes * micro)
+      sketch = probe(params, (probe_batch(i) for i in ids), micro)
+      here = range(probes, probes + settings.num_probes)
+      if not np.all(sketch.sizes > 0):
+        raise ValueError(_no_finite_probe(update, here, sketch.finite, params))
+      skipped += [
+        (update, i) for i, ok in zip(here, sketch.finite, strict=True) if not ok
+      ]
+      sketches[update] = sketch
+      drawn, probes = drawn + len(ids), probes + settings.num_probes
+    if update < settings.pilot_steps:
+      params, opt_state, used, micro = _one_update(
+        train_step, params, opt_state, train_batch, used
       )
-
-    def direction_sketch(sums, count, leaf_seeds):
-      first, second = sums
-      r = jax.tree.map(
-        lambda m1, m2: (m1 / count) / (jnp.sqrt(m2 / count) + eps), first, second
-      )
-      return _sketch(r, leaf_seeds, sketch_dim)
-
-    self._accumulate = jax.jit(accumulate, donate_argnums=0)
-    self._direction_sketch = jax.jit(direction_sketch)
-    self._add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)
-
-  def _zeros(self, params):
-    dtype = _sum_dtype()
-
-    def zeros(x):
-      # Keep the params' sharding: sums of a sharded model stay sharded.
-      sharding = x.sharding if isinstance(x, jax.Array) else None
-      return jnp.zeros(np.shape(x), dtype, device=sharding)
-
-    z = jax.tree.map(zeros, params)
-    return (z, jax.tree.map(jnp.copy, z))
-
-  def __call__(self, params, batches) -> tuple[np.ndarray, np.ndarray]:
-    """(z pooled of shape (dim,), z per group of shape (G, dim)), on the host."""
-    if self._leaf_seeds is None:
-      self._leaf_seeds = jnp.asarray(
-        _leaf_seeds(len(jax.tree.leaves(params)), self.seed)
-      )
-    per_group = self.num_probes // self.num_groups
-    pooled, groups = None, []
-    batches = iter(batches)
-    for _ in range(self.num_groups):
-      sums = self._zeros(params)
-      for _ in range(per_group):
-        sums = self._accumulate(sums, params, next(batches))
-      groups.append(self._direction_sketch(sums, float(per_group), self._leaf_seeds))
-      pooled = sums if pooled is None else self._add(pooled, sums)
-    z = self._direction_sketch(pooled, float(self.num_probes), self._leaf_seeds)
-    return np.asarray(z, np.float64), np.asarray(jnp.stack(groups), np.float64)
+  params = jax.block_until_ready(params)
+  if skipped:
+    _warn_skipped(skipped)
+  return _Pilot(
+    sketches=sketches,
+    params=params,
+    gradient_evaluations=used + drawn,
+    skipped_probes=tuple(i for _, i in skipped),
+    seconds=time.perf_counter() - start,
+  )
 
 
-def _noise_estimate(z: np.ndarray, z_groups: np.ndarray, num_probes: int) -> float:
-  """V^ = m/(G-1) * (1/G) sum_j |z_j - z|^2: unbiased to first order in 1/m."""
-  g = z_groups.shape[0]
-  return float(num_probes / (g - 1) * np.mean(np.sum((z_groups - z) ** 2, axis=-1)))
+def _estimate(
+  sketches: dict[int, _probes.Sketches], pilot_steps: int, lags: tuple[int, ...]
+) -> _Measurement:
+  """V from the groups at the last checkpoint, D from the pooled sketches' lags."""
+  end = sketches[pilot_steps]
+  noise = _noise_estimate(end.z, end.groups, end.sizes)
+  y = np.array(
+    [_squared_norm(end.z - sketches[pilot_steps - n].z) / n**2 for n in lags]
+  )
+  intercept, slope = _lag_fit(np.asarray(lags), y)
+  intercept, slope = max(intercept, 0.0), max(slope, 0.0)
+  return _Measurement(
+    noise=noise,
+    change=float(intercept + slope / lags[-1] ** 2),
+    lag_intercept=intercept,
+    lag_slope=slope,
+    lag_changes=tuple(float(v) for v in y),
+  )
+
+
+def _selection(
+  measured: _Measurement,
+  pilot: _Pilot,
+  settings: _Settings,
+  *,
+  pilot_beta: float,
+  grid: Sequence[float] | np.ndarray | None,
+) -> BetaSelection:
+  """The memory the measurement asks for, with everything that led to it."""
+  rule = lambda candidates: beta_from_noise_and_lag(
+    measured.noise, measured.change, beta_range=settings.beta_range, grid=candidates
+  )
+  beta_continuous = rule(None)
+  return BetaSelection(
+    beta=float(beta_continuous if grid is None else rule(grid)),
+    beta_continuous=float(beta_continuous),
+    noise=measured.noise,
+    change=measured.change,
+    lag_intercept=measured.lag_intercept,
+    lag_slope=measured.lag_slope,
+    lags=settings.lags,
+    lag_changes=measured.lag_changes,
+    horizon=float(1.0 / (1.0 - beta_continuous)),
+    pilot_steps=settings.pilot_steps,
+    pilot_beta=float(pilot_beta),
+    num_probes=settings.num_probes,
+    gradient_evaluations=pilot.gradient_evaluations,
+    seconds=pilot.seconds,
+    skipped_probes=pilot.skipped_probes,
+    pilot_params=pilot.params,
+  )
 
 
 def select_beta(
@@ -385,65 +447,37 @@ def select_beta(
 ) -> BetaSelection:
   r"""[FH26c]'s early memory selection: measure noise and lag, choose beta.
 
-  1. Pilot: :math:`T_p` updates of ``make_optimizer(pilot_beta)`` (the user's
-     own recipe: schedule, clipping, weight decay) from ``params`` on
-     ``train_batch(0), ..., train_batch(T_p - 1)``.
-  2. At the checkpoints :math:`T_p - n` (each lag :math:`n`) and :math:`T_p`
-     the parameters are frozen and ``num_probes`` = :math:`m` fresh gradients
-     ``grad_fn(params, probe_batch(i))`` are drawn; they never enter the
-     optimizer, so the pilot's state and data order are those of a plain loop.
-     Pooled moments :math:`\hat\mu, \hat q` give the direction
-     :math:`\hat r = \hat\mu/(\sqrt{\hat q} + \varepsilon)`, and the same per
-     group of :math:`m/G`. Each is sketched to :math:`z = P\hat r`,
-     :math:`(Pr)_b = \sum_p n_p^{-1/2} \sum_{i: b_{p,i} = b} s_{p,i} r_{p,i}`,
-     with fixed hashed buckets :math:`b_{p,i}` and signs :math:`s_{p,i}`.
-  3. Noise at :math:`T_p`:
-     :math:`\hat V = \frac{m}{G-1}\frac1G \sum_j |z^{(j)} - z|^2`.
-  4. Change: :math:`y_n = |z_{T_p} - z_{T_p-n}|^2/n^2`, least squares
-     :math:`y_n \approx I + C/n^2`, :math:`I, C` clipped at 0,
-     :math:`\hat D = I + C/L^2` with :math:`L` the largest lag.
-  5. :math:`\beta` = :func:`beta_from_noise_and_lag` of :math:`(\hat V, \hat D)`.
+  A pilot of :math:`T_p` updates of ``make_optimizer(pilot_beta)`` from
+  ``params``. At the checkpoints :math:`T_p - n` (each lag :math:`n`) and
+  :math:`T_p`, :math:`m` probe gradients, which never enter the optimizer,
+  give the direction :math:`\hat r = \hat\mu / (\sqrt{\hat q} + \varepsilon)`
+  pooled and per group of :math:`m/G`, sketched to :math:`z = P\hat r`. Then
 
-  The caller then trains from ``params`` (the pilot's initialisation) with
-  ``make_optimizer(selection.beta)``. Cost: :math:`T_p + m (\#\text{lags} + 1)`
-  gradients, 264 with the defaults.
+  .. math::
 
-  The pilot step and the probe gradient are each compiled once. The sketch is
-  computed on device in each leaf's own layout: buckets and signs are a hash
-  of (seed, leaf position, the element's global index), so FSDP-sharded params
-  stay sharded, each device sketches its own block and only the
-  ``sketch_dim`` vectors are reduced and reach the host. Besides the pilot's
-  params and optimizer state the probes hold four running sums (two per group,
-  two pooled) and one gradient. Sums and sketch are float64 with
-  ``jax_enable_x64``, else float32 (measured: the float32 sketch of a
-  4M-entry tensor is within 1.1e-6 relative of the float64 one, far below the
-  probe noise being measured).
+    \hat V = \frac{m}{G-1}\,\frac{1}{G}\sum_j |z^{(j)} - z|^2, \qquad
+    \frac{|z_{T_p} - z_{T_p-n}|^2}{n^2} \approx I + \frac{C}{n^2}, \qquad
+    \hat D = I + \frac{C}{L^2},
 
-  What the estimates target: :math:`\hat V` is unbiased to first order in
-  :math:`G/m`; where the direction is linear in the moments (constant
-  :math:`|g|`) it is exactly unbiased, while for Gaussian gradients at
-  :math:`|\mu| = \sigma/2` it runs 23% high with the default 4 probes per
-  group (6% with 16), moving :math:`H` by the cube root (+7%). The fit is
-  linear in :math:`y`, so :math:`I` and :math:`C` are unbiased for a linear
-  drift of constant noise, :math:`I \to D` and :math:`C \to 2V/m`; the
-  published :math:`\hat D = I + C/L^2` therefore carries the probe-noise term
-  :math:`2V/(mL^2)` on top of the drift, which leans towards shorter
-  memories when the drift is small against the probe noise.
-
-  Processing that should apply to each probe gradient (loss scaling, a
-  data-parallel mean, dropout keys in the batch) belongs in ``grad_fn``;
-  transforms inside the optax recipe (clipping, weight decay) act on the
-  pilot's updates only, as they act on training's.
+  with :math:`L` the largest lag, and :math:`\beta` =
+  :func:`~balanced_optax.beta_from_noise_and_lag` of :math:`(\hat V, \hat D)`.
+  Training then starts from ``params`` with ``make_optimizer(selection.beta)``.
+  It costs :math:`T_p + m(\#\text{lags} + 1)` gradients, 264 by default.
+  Non-finite probe gradients are skipped (``skipped_probes``, a warning); under
+  ``optax.MultiSteps`` the steps and lags count optimizer updates and each
+  probe averages as many micro-batches as an update. See :doc:`choosing_beta`
+  for the sketch, sharding, precision and what the estimates target.
 
   Args:
     make_optimizer: ``beta -> optax.GradientTransformation``, the run's recipe.
     grad_fn: ``(params, batch) -> grads`` (e.g. ``jax.grad(loss)``), a tree
       shaped like ``params``.
-    train_batch: ``k -> batch`` of training update ``k`` (0-based).
-    params: initial parameters (any pytree, possibly sharded, with at least
-      one coordinate); not modified.
-    probe_batch: ``i -> batch`` for probe ``i`` (0-based over all checkpoints);
-      default ``train_batch(pilot_steps + i)``, batches the pilot never sees.
+    train_batch: ``k -> batch`` of training batch ``k`` (0-based).
+    params: initial parameters (any pytree, possibly sharded or complex, with
+      at least one coordinate); not modified.
+    probe_batch: ``i -> batch`` for probe batch ``i`` (0-based over all
+      checkpoints); default ``train_batch(T_p k + i)`` for ``k`` batches per
+      update, the batches after the pilot's.
     pilot_steps: :math:`T_p`, > every lag.
     pilot_beta: the pilot's memory, in [0, 1).
     lags: at least two distinct positive lags < ``pilot_steps``.
@@ -454,7 +488,7 @@ def select_beta(
     beta_range: ``(low, high)``, ``0 <= low <= high < 1``: the memories
       allowed.
     grid: memories to snap to (restricted to ``beta_range`` as in
-      :func:`beta_from_noise_and_lag`), or None.
+      :func:`~balanced_optax.beta_from_noise_and_lag`), or None.
     seed: fixes the sketch's buckets and signs.
 
   Returns:
@@ -484,93 +518,32 @@ def select_beta(
     [FH26c] Fernandez-Hernandez, Perez-Corral, Dolz, Mestre, Quintana-Orti,
     Early Memory Selection for Balanced Adam, 2026.
   """
-  pilot_steps = _checks.integer("pilot_steps", pilot_steps, 1)
-  if not isinstance(lags, Iterable) or isinstance(lags, str):
-    raise ValueError(f"lags must be a sequence of integers >= 1, got {lags!r}.")
-  lag_list = [_checks.integer("lags", n, 1) for n in lags]
-  if len(set(lag_list)) < 2:
-    raise ValueError(f"lags must hold at least two distinct integers, got {lags!r}.")
-  if max(lag_list) >= pilot_steps:
-    raise ValueError(
-      f"lags must lie in [1, pilot_steps - 1] = [1, {pilot_steps - 1}], got {lags!r}."
-    )
-  num_groups = _checks.integer("num_groups", num_groups, 2)
-  num_probes = _checks.integer("num_probes", num_probes, num_groups)
-  if num_probes % num_groups:
-    raise ValueError(
-      f"num_probes must be a multiple of num_groups={num_groups}, got {num_probes}."
-    )
-  sketch_dim = _checks.integer("sketch_dim", sketch_dim, 1)
-  _checks.check_beta("pilot_beta", pilot_beta)
-  _checks.check_interval("eps", eps, 0.0)
-  low, high = _checks.beta_range("beta_range", beta_range)
-  if grid is not None:
-    _checks.grid_in_range("grid", grid, low, high)
-  seed = _checks.integer("seed", seed, 0)
-  if not sum(jnp.size(x) for x in jax.tree.leaves(params)):
-    raise ValueError(
-      "params hold no coordinates: there is no direction whose noise and"
-      " change the pilot could measure."
-    )
-  if probe_batch is None:
-    probe_batch = lambda i: train_batch(pilot_steps + i)
-
-  start = time.perf_counter()
-  tx = make_optimizer(pilot_beta)
-
-  def step(params, opt_state, batch):
-    updates, opt_state = tx.update(grad_fn(params, batch), opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  train_step = jax.jit(step, donate_argnums=(0, 1))
-  probe = _Probe(grad_fn, num_probes, num_groups, sketch_dim, eps, seed)
-  lag_list = sorted(set(lag_list))
-  checkpoints = sorted({pilot_steps - n for n in lag_list} | {pilot_steps})
-  sketches = {}
-
-  # The caller keeps params: the pilot donates its own copy.
-  params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-  opt_state = tx.init(params)
-  probes_drawn = 0
-  for k in range(pilot_steps + 1):
-    if k in checkpoints:
-      ids = range(probes_drawn, probes_drawn + num_probes)
-      sketches[k] = probe(params, (probe_batch(i) for i in ids))
-      probes_drawn += num_probes
-    if k < pilot_steps:
-      params, opt_state = train_step(params, opt_state, train_batch(k))
-  params = jax.block_until_ready(params)
-  seconds = time.perf_counter() - start
-
-  z_end, z_groups = sketches[pilot_steps]
-  noise = _noise_estimate(z_end, z_groups, num_probes)
-  lags_arr = np.asarray(lag_list)
-  y = np.array(
-    [np.sum((z_end - sketches[pilot_steps - n][0]) ** 2) / n**2 for n in lag_list]
-  )
-  intercept, slope = _lag_fit(lags_arr, y)
-  intercept, slope = max(intercept, 0.0), max(slope, 0.0)
-  change = intercept + slope / lag_list[-1] ** 2
-  beta_cont = beta_from_noise_and_lag(noise, change, beta_range=(low, high), grid=None)
-  beta = (
-    beta_cont
-    if grid is None
-    else beta_from_noise_and_lag(noise, change, beta_range=(low, high), grid=grid)
-  )
-  return BetaSelection(
-    beta=float(beta),
-    beta_continuous=float(beta_cont),
-    noise=noise,
-    change=float(change),
-    lag_intercept=intercept,
-    lag_slope=slope,
-    lags=tuple(lag_list),
-    lag_changes=tuple(float(v) for v in y),
-    horizon=float(1.0 / (1.0 - beta_cont)),
+  settings = _check_arguments(
+    make_optimizer,
+    grad_fn,
+    train_batch,
+    probe_batch,
+    params,
     pilot_steps=pilot_steps,
-    pilot_beta=float(pilot_beta),
+    pilot_beta=pilot_beta,
+    lags=lags,
     num_probes=num_probes,
-    gradient_evaluations=pilot_steps + probes_drawn,
-    seconds=seconds,
-    pilot_params=params,
+    num_groups=num_groups,
+    sketch_dim=sketch_dim,
+    eps=eps,
+    beta_range=beta_range,
+    grid=grid,
+    seed=seed,
   )
+  pilot = _run_pilot(
+    make_optimizer,
+    grad_fn,
+    train_batch,
+    probe_batch,
+    params,
+    settings,
+    pilot_beta=pilot_beta,
+    eps=eps,
+  )
+  measured = _estimate(pilot.sketches, settings.pilot_steps, settings.lags)
+  return _selection(measured, pilot, settings, pilot_beta=pilot_beta, grid=grid)

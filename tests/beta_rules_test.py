@@ -1,10 +1,12 @@
 """Tests of the beta-selection rules against closed forms."""
 
+import fractions
 import math
 
 import numpy as np
 import pytest
 
+import balanced_optax as bo
 from balanced_optax import beta_rules
 
 # estimate_effective_horizon's smoothed, q < 1 variant (its default is [FH26b]'s).
@@ -387,6 +389,25 @@ class TestEffectiveHorizon:
       -100 * math.log(1 - 0.95 * (1 - math.exp(-10))), rel=2e-3
     )
 
+  def test_losses_near_the_float64_limit(self):
+    """L_0 - q (L_0 - L*) overflowed (level -inf, then an IndexError): the level
+    and the crossing are computed on halved losses, exactly."""
+    assert beta_rules.estimate_effective_horizon([1e308, 0, -1e308], fraction=0.5) == 1
+    # Level 0.5e308, a quarter of the way from 1e308 down to -1e308.
+    assert beta_rules.estimate_effective_horizon([1e308, -1e308], fraction=0.25) == 0.25
+    # Scaling the losses by a power of two does not move T_ES.
+    curve = self.curve()
+    assert beta_rules.estimate_effective_horizon(
+      curve * 2.0**1021, self.STEPS, **ROBUST
+    ) == beta_rules.estimate_effective_horizon(curve, self.STEPS, **ROBUST)
+
+  def test_a_fraction_too_small_to_move_the_level_gives_the_first_step(self):
+    """1 - 1e-300 (1 - 2) rounds to 1: no evaluation lies above the level
+    (was an IndexError); the crossing is at t_0 + 1e-300 (t_1 - t_0)."""
+    assert (
+      beta_rules.estimate_effective_horizon([1.0, 0.0], [5, 7], fraction=1e-300) == 5
+    )
+
   def test_fraction_one_is_the_early_stopping_point(self):
     steps = np.arange(0, 1001, 5.0)
     loss = 1 + 2 * np.exp(-steps / 100) + 1e-3 * steps
@@ -467,3 +488,253 @@ class TestGrid:
   def test_snap_validates(self, beta, grid, match):
     with pytest.raises(ValueError, match=match):
       beta_rules.snap_beta(beta, grid)
+
+
+# --- [FH26c]'s tracking risk and noise/lag rule (moved from selection_test) --
+
+SELECTION_GRID = (
+  0.68377, 0.82217, 0.9, 0.94377, 0.96838, 0.98222, 0.99, 0.99438, 0.99684,
+  0.99822, 0.999,
+)  # fmt: skip
+
+
+def _weights(beta, t):
+  k = np.arange(t)
+  return (1 - beta) * beta**k / (1 - beta**t) if beta > 0 else (k == 0) * 1.0
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.9, 0.95537, 0.999])
+@pytest.mark.parametrize("t", [1, 2, 7, 200, 5000])
+def test_closed_forms_match_direct_sums_of_the_weights(beta, t):
+  w = _weights(beta, t)
+  c, a = np.sum(w**2), np.sum(np.arange(t) * w)
+  np.testing.assert_allclose(np.sum(w), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(bo.tracking_risk(beta, t, 1.0, 0.0), c, rtol=1e-10)
+  np.testing.assert_allclose(
+    bo.tracking_risk(beta, t, 0.0, 1.0), a**2, rtol=1e-8, atol=1e-20
+  )
+  np.testing.assert_allclose(
+    bo.tracking_risk(beta, t, 0.18, 4e-6), 0.18 * c + 4e-6 * a**2, rtol=1e-8
+  )
+
+
+def test_closed_forms_are_as_accurate_as_documented():
+  """Against the exact sums in rational arithmetic: c to 2e-14, a to 3e-11
+  relative, the bounds of the plain closed forms (whose worst case, t = 2 at
+  beta = 0.999, cancels two terms near 999 to 0.4997); the stable forms now
+  meet 1e-14 (test_tracking_risk_is_accurate_across_memories_and_histories)."""
+  worst_c = worst_a = 0.0
+  for beta in (0.5, 0.9, 0.99, 0.999):
+    for t in (2, 3, 10, 40):  # exact sums: t = 1000 takes 100 s
+      b = fractions.Fraction(beta)
+      w = [(1 - b) * b**k / (1 - b**t) for k in range(t)]
+      c = sum(x * x for x in w)
+      a = sum(k * x for k, x in enumerate(w))
+      got_c = fractions.Fraction(bo.tracking_risk(beta, t, 1.0, 0.0))
+      got_a = fractions.Fraction(bo.tracking_risk(beta, t, 0.0, 1.0)) ** 0.5
+      worst_c = max(worst_c, float(abs(got_c - c) / c))
+      worst_a = max(worst_a, abs(got_a - float(a)) / float(a))
+  assert worst_c < 2e-14
+  assert worst_a < 3e-11
+
+
+def test_beta_zero_and_one_observation_keep_the_last_gradient():
+  for beta, t in [(0.0, 1), (0.0, 50), (0.9, 1), (0.999, 1)]:
+    assert bo.tracking_risk(beta, t, 2.0, 3.0) == 2.0  # c = 1, a = 0 exactly.
+
+
+def test_long_history_limit_and_broadcasting():
+  beta = np.array([0.0, 0.5, 0.9, 0.99])
+  h = 1 / (1 - beta)
+  got = bo.tracking_risk(beta[:, None], np.inf, np.array([0.18, 1.0]), 4e-6)
+  want = np.array([0.18, 1.0]) / (2 * h[:, None] - 1) + 4e-6 * (h[:, None] - 1) ** 2
+  assert got.shape == (4, 2)
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  np.testing.assert_allclose(
+    bo.tracking_risk(0.99, [10, 10_000], 1.0, 0.0),
+    [bo.tracking_risk(0.99, 10, 1.0, 0.0), 0.01 / 1.99 * (1 + 0.99**10_000)],
+    rtol=1e-12,
+  )
+
+
+def test_worked_case_of_the_cubic_rule():
+  h_star = (0.18 / (4 * 4e-6)) ** (1 / 3)
+  np.testing.assert_allclose(h_star, 22.407, atol=5e-4)
+  beta = bo.beta_from_noise_and_lag(0.18, 4e-6, grid=None)
+  np.testing.assert_allclose(beta, 0.95537, atol=5e-6)
+  np.testing.assert_allclose(beta, 1 - 1 / h_star, rtol=1e-14)
+  # 0.95537 is nearer 0.94377 (distance 0.0116) than 0.96838 (0.0130).
+  np.testing.assert_allclose(bo.beta_from_noise_and_lag(0.18, 4e-6), 0.94377, atol=5e-6)
+
+
+def test_the_cubic_horizon_minimises_the_large_horizon_risk():
+  v, d = 0.18, 4e-6
+  f0 = lambda h: v / (2 * h) + d * h**2
+  h_star = 1 / (1 - bo.beta_from_noise_and_lag(v, d, grid=None))
+  h = np.linspace(2, 200, 200_001)
+  np.testing.assert_allclose(h[np.argmin(f0(h))], h_star, atol=1e-3)
+  for z in [0.25, 0.5, 0.9, 1.0, 1.5, 2.0, 4.0]:
+    np.testing.assert_allclose(
+      f0(z * h_star) / f0(h_star), (2 / z + z**2) / 3, rtol=1e-12
+    )
+  # The exact finite-history risk is minimised within a few percent of H*.
+  betas = np.linspace(0.9, 0.99, 9001)
+  best = betas[np.argmin(bo.tracking_risk(betas, np.inf, v, d))]
+  np.testing.assert_allclose(1 / (1 - best), h_star, rtol=0.05)
+
+
+def test_zero_coefficients_clipping_and_the_selection_grid():
+  low, high = bo.BETA_GRID[2], bo.BETA_GRID[12]
+  assert bo.beta_from_noise_and_lag(0.18, 0.0) == high  # no drift: longest memory
+  assert bo.beta_from_noise_and_lag(0.0, 4e-6) == low  # no noise: shortest
+  assert bo.beta_from_noise_and_lag(0.0, 0.0) == low  # nothing measured: shortest
+  np.testing.assert_allclose(
+    bo.beta_from_noise_and_lag([0.18, 0.0, 0.0], [0.0, 4e-6, 0.0], grid=None),
+    [0.999, 0.68377, 0.68377],
+    rtol=1e-14,
+  )
+  # Clipping at the ends of the range.
+  assert bo.beta_from_noise_and_lag(1e6, 1e-12) == high
+  assert bo.beta_from_noise_and_lag(1e-12, 1.0, beta_range=(0.5, 0.9), grid=None) == 0.5
+  # Every continuous beta snaps to one of the 11 values of [FH26c]'s grid.
+  noise = np.logspace(-4, 2, 61)
+  chosen = bo.beta_from_noise_and_lag(noise[:, None], np.logspace(-9, -1, 41))
+  np.testing.assert_allclose(
+    np.unique(chosen), SELECTION_GRID, atol=5e-6
+  )  # and every one of them is reached.
+  # A custom grid is restricted to the range too.
+  assert (
+    bo.beta_from_noise_and_lag(
+      1.0, 1e-12, grid=(0.5, 0.9, 0.999), beta_range=(0.4, 0.95)
+    )
+    == 0.9
+  )
+
+
+@pytest.mark.parametrize(
+  "kwargs, name",
+  [
+    ({"noise": -1.0, "change": 1.0}, "noise"),
+    ({"noise": 1.0, "change": np.nan}, "change"),
+    ({"noise": 1.0, "change": 1.0, "beta_range": (0.9, 0.5)}, "beta_range"),
+    ({"noise": 1.0, "change": 1.0, "beta_range": (0.5, 1.0)}, "beta_range"),
+    ({"noise": 1.0, "change": 1.0, "grid": (0.5, 1.0)}, "grid"),
+    ({"noise": 1.0, "change": 1.0, "grid": (0.1, 0.2)}, "grid"),
+    ({"noise": 1.0, "change": 1.0, "beta_range": ("0.7", "0.99")}, "beta_range"),
+    ({"noise": 1.0, "change": 1.0, "beta_range": (False, 0.9)}, "beta_range"),
+  ],
+)
+def test_rule_rejects_bad_input_naming_the_argument(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    bo.beta_from_noise_and_lag(**kwargs)
+
+
+@pytest.mark.parametrize(
+  "args, name",
+  [
+    ((1.0, 10, 1.0, 1.0), "beta"),
+    ((0.9, 0, 1.0, 1.0), "t"),
+    ((0.9, 10, -1.0, 1.0), "noise"),
+    ((0.9, 10, 1.0, -1.0), "change"),
+    ((0.9, "10", 1.0, 1.0), "t"),  # was parsed as 10
+    ((0.9, True, 1.0, 1.0), "t"),  # was t = 1
+    ((0.9, "abc", 1.0, 1.0), "t"),
+  ],
+)
+def test_risk_rejects_bad_input_naming_the_argument(args, name):
+  with pytest.raises(ValueError, match=name):
+    bo.tracking_risk(*args)
+
+
+def test_range_ends_and_grids_are_read_the_same_by_both_rules():
+  """A range may be one memory, and both rules take the grid values within
+  1e-5 of the range (a range written with rounded grid values keeps them)."""
+  assert bo.beta_from_noise_and_lag(1.0, 1.0, beta_range=(0.9, 0.9), grid=None) == 0.9
+  grid = (0.5, 0.900009, 0.95)
+  for low, high in [(0.5, 0.9), (0.900009, 0.95), (0.9, 0.9)]:
+    rule = bo.beta_from_noise_and_lag(1.0, 0.0, beta_range=(low, high), grid=grid)
+    refresh = bo.beta_from_refresh(1e9, grid=grid, beta_range=(low, high))
+    assert rule == refresh == (0.95 if high == 0.95 else 0.900009)
+
+
+def _exact_sums(beta, t):
+  """c = sum_k w(k)^2 and a = sum_k k w(k), exactly: w(k) = beta^k / sum_j
+  beta^j, and with beta = n / d (d a power of two) the integers
+  W_k = n^k d^(t-1-k) are proportional to beta^k."""
+  n, d = fractions.Fraction(beta).as_integer_ratio()
+  weights = [d ** (t - 1)]
+  for _ in range(t - 1):
+    weights.append(weights[-1] * n // d)
+  total = sum(weights)
+  c = fractions.Fraction(sum(w * w for w in weights), total * total)
+  a = fractions.Fraction(sum(k * w for k, w in enumerate(weights)), total)
+  return float(c), float(a)
+
+
+@pytest.mark.parametrize("gap", [1e-9, 1e-10, 1e-11, 1e-12])
+@pytest.mark.parametrize("t", [2, 3, 10, 100])
+def test_tracking_risk_near_beta_one_matches_exact_sums(gap, t):
+  """1 - beta^t and the mean age's two terms of about H cancelled: at
+  beta = 1 - 1e-9 the risk V c + D a^2 of t = 2 was 1.5 (exact 0.75), of
+  t = 10 81.1 (exact 20.35). Now both to a few ulps."""
+  c, a = _exact_sums(1 - gap, t)
+  assert bo.tracking_risk(1 - gap, t, 1.0, 0.0) == pytest.approx(c, rel=1e-14)
+  assert bo.tracking_risk(1 - gap, t, 0.0, 1.0) == pytest.approx(a * a, rel=1e-14)
+  assert bo.tracking_risk(1 - gap, t, 1.0, 1.0) == pytest.approx(c + a * a, rel=1e-14)
+
+
+def test_tracking_risk_is_accurate_across_memories_and_histories():
+  """Against exact sums on both sides of the switch between the closed form
+  (t log(1/beta) >= 1) and the cancelled series (below), and beyond."""
+  worst = 0.0
+  for beta in (0.3, 0.5, 0.9, 0.99, 0.999, 1 - 1e-4, 1 - 1e-6, 1 - 1e-15):
+    s = -math.log(beta)
+    for t in {2, 3, 10, 40, 300, int(0.1 / s), int(0.1 / s) + 1, int(1 / s)}:
+      if not 2 <= t <= 1000:
+        continue
+      c, a = _exact_sums(beta, t)
+      worst = max(
+        worst,
+        abs(bo.tracking_risk(beta, t, 1.0, 0.0) / c - 1),
+        abs(bo.tracking_risk(beta, t, 0.0, 1.0) ** 0.5 / a - 1),
+      )
+  assert worst < 1e-14
+
+
+@pytest.mark.parametrize(
+  "fn, args, message",
+  [
+    (
+      bo.refresh_count,
+      ([0.9, 0.95], [1e4, 2e4, 3e4]),
+      "beta and t_es must broadcast together, got shapes beta (2,), t_es (3,).",
+    ),
+    (
+      bo.beta_from_refresh,
+      ([1e4, 2e4], [1e3, 2e3, 3e3]),
+      "t_es and refresh must broadcast together, got shapes t_es (2,), refresh (3,).",
+    ),
+    (
+      bo.scale_beta_for_batch,
+      ([0.9, 0.95], [1.0, 2.0, 3.0]),
+      "beta and kappa must broadcast together, got shapes beta (2,), kappa (3,).",
+    ),
+    (
+      bo.tracking_risk,
+      ([0.9, 0.95], [1, 2, 3], 1.0, 1.0),
+      "beta, t, noise and change must broadcast together, got shapes beta (2,),"
+      " t (3,), noise (), change ().",
+    ),
+    (
+      bo.beta_from_noise_and_lag,
+      ([1.0, 2.0], [1.0, 2.0, 3.0]),
+      "noise and change must broadcast together, got shapes noise (2,), change (3,).",
+    ),
+  ],
+  ids=["refresh_count", "beta_from_refresh", "batch", "risk", "noise_lag"],
+)
+def test_arrays_that_do_not_broadcast_are_named_with_their_shapes(fn, args, message):
+  """Was numpy's 'operands could not be broadcast together', naming nothing."""
+  with pytest.raises(ValueError) as e:
+    fn(*args)
+  assert str(e.value) == message

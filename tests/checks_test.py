@@ -174,3 +174,35 @@ def test_mismatched_gradient_tree_is_a_clear_error(tx):
   state = tx.init({"w": jnp.zeros(3), "b": jnp.zeros(2)})
   with pytest.raises(ValueError, match="does not match the tree the optimizer"):
     tx.update({"w": jnp.zeros(3)}, state)
+
+
+@pytest.mark.parametrize(
+  "grid, beta_range, nearest",
+  (
+    (bo.BETA_GRID, (0.95, 0.95), "values are 0.943766 below and 0.968377 above"),
+    ((0.5, 0.9), (0.95, 0.99), "value is 0.9 below"),
+    ((0.5, 0.9), (0.1, 0.2), "value is 0.5 above"),
+  ),
+)
+def test_a_range_without_grid_values_names_the_nearest_ones(grid, beta_range, nearest):
+  """The message named the whole grid (13 values of 17 digits for BETA_GRID)."""
+  low, high = beta_range
+  want = (
+    f"grid has no value inside beta_range=({low}, {high}) (to within 1e-05);"
+    f" its nearest {nearest}."
+  )
+  for rule in (
+    lambda: bo.beta_from_noise_and_lag(1.0, 1.0, beta_range=beta_range, grid=grid),
+    lambda: bo.beta_from_refresh(2e4, grid=grid, beta_range=beta_range),
+    lambda: bo.select_beta(
+      lambda beta: bo.balanced_adam(1e-3, beta),
+      lambda p, b: p,
+      lambda k: None,
+      jnp.zeros(3),
+      beta_range=beta_range,
+      grid=grid,
+    ),
+  ):
+    with pytest.raises(ValueError) as e:
+      rule()
+    assert str(e.value) == want

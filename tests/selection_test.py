@@ -1,6 +1,5 @@
-"""Early memory selection [FH26c]: closed forms, estimators, the pilot."""
+"""Early memory selection [FH26c]: the sketch, the estimators, the pilot."""
 
-import fractions
 import json
 import textwrap
 
@@ -11,163 +10,13 @@ import optax
 import pytest
 
 import balanced_optax as bo
-from balanced_optax import selection
+from balanced_optax import _probes, selection
 from tests.subprocesses import run_on_8_devices
 
 SELECTION_GRID = (
   0.68377, 0.82217, 0.9, 0.94377, 0.96838, 0.98222, 0.99, 0.99438, 0.99684,
   0.99822, 0.999,
 )  # fmt: skip
-
-
-def _weights(beta, t):
-  k = np.arange(t)
-  return (1 - beta) * beta**k / (1 - beta**t) if beta > 0 else (k == 0) * 1.0
-
-
-# --- Closed forms ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("beta", [0.0, 0.3, 0.9, 0.95537, 0.999])
-@pytest.mark.parametrize("t", [1, 2, 7, 200, 5000])
-def test_closed_forms_match_direct_sums_of_the_weights(beta, t):
-  w = _weights(beta, t)
-  c, a = np.sum(w**2), np.sum(np.arange(t) * w)
-  np.testing.assert_allclose(np.sum(w), 1.0, rtol=1e-12)
-  np.testing.assert_allclose(bo.tracking_risk(beta, t, 1.0, 0.0), c, rtol=1e-10)
-  np.testing.assert_allclose(
-    bo.tracking_risk(beta, t, 0.0, 1.0), a**2, rtol=1e-8, atol=1e-20
-  )
-  np.testing.assert_allclose(
-    bo.tracking_risk(beta, t, 0.18, 4e-6), 0.18 * c + 4e-6 * a**2, rtol=1e-8
-  )
-
-
-def test_closed_forms_are_as_accurate_as_documented():
-  """Against the exact sums in rational arithmetic: c to 2e-14, a to 3e-11
-  relative (its worst case, t = 2 at beta = 0.999: two terms near 999
-  cancel to 0.4997)."""
-  worst_c = worst_a = 0.0
-  for beta in (0.5, 0.9, 0.99, 0.999):
-    for t in (2, 3, 10, 40):  # exact sums: t = 1000 takes 100 s
-      b = fractions.Fraction(beta)
-      w = [(1 - b) * b**k / (1 - b**t) for k in range(t)]
-      c = sum(x * x for x in w)
-      a = sum(k * x for k, x in enumerate(w))
-      got_c = fractions.Fraction(bo.tracking_risk(beta, t, 1.0, 0.0))
-      got_a = fractions.Fraction(bo.tracking_risk(beta, t, 0.0, 1.0)) ** 0.5
-      worst_c = max(worst_c, float(abs(got_c - c) / c))
-      worst_a = max(worst_a, abs(got_a - float(a)) / float(a))
-  assert worst_c < 2e-14
-  assert worst_a < 3e-11
-
-
-def test_beta_zero_and_one_observation_keep_the_last_gradient():
-  for beta, t in [(0.0, 1), (0.0, 50), (0.9, 1), (0.999, 1)]:
-    assert bo.tracking_risk(beta, t, 2.0, 3.0) == 2.0  # c = 1, a = 0 exactly.
-
-
-def test_long_history_limit_and_broadcasting():
-  beta = np.array([0.0, 0.5, 0.9, 0.99])
-  h = 1 / (1 - beta)
-  got = bo.tracking_risk(beta[:, None], np.inf, np.array([0.18, 1.0]), 4e-6)
-  want = np.array([0.18, 1.0]) / (2 * h[:, None] - 1) + 4e-6 * (h[:, None] - 1) ** 2
-  assert got.shape == (4, 2)
-  np.testing.assert_allclose(got, want, rtol=1e-12)
-  np.testing.assert_allclose(
-    bo.tracking_risk(0.99, [10, 10_000], 1.0, 0.0),
-    [bo.tracking_risk(0.99, 10, 1.0, 0.0), 0.01 / 1.99 * (1 + 0.99**10_000)],
-    rtol=1e-12,
-  )
-
-
-def test_worked_case_of_the_cubic_rule():
-  h_star = (0.18 / (4 * 4e-6)) ** (1 / 3)
-  np.testing.assert_allclose(h_star, 22.407, atol=5e-4)
-  beta = bo.beta_from_noise_and_lag(0.18, 4e-6, grid=None)
-  np.testing.assert_allclose(beta, 0.95537, atol=5e-6)
-  np.testing.assert_allclose(beta, 1 - 1 / h_star, rtol=1e-14)
-  # 0.95537 is nearer 0.94377 (distance 0.0116) than 0.96838 (0.0130).
-  np.testing.assert_allclose(bo.beta_from_noise_and_lag(0.18, 4e-6), 0.94377, atol=5e-6)
-
-
-def test_the_cubic_horizon_minimises_the_large_horizon_risk():
-  v, d = 0.18, 4e-6
-  f0 = lambda h: v / (2 * h) + d * h**2
-  h_star = 1 / (1 - bo.beta_from_noise_and_lag(v, d, grid=None))
-  h = np.linspace(2, 200, 200_001)
-  np.testing.assert_allclose(h[np.argmin(f0(h))], h_star, atol=1e-3)
-  for z in [0.25, 0.5, 0.9, 1.0, 1.5, 2.0, 4.0]:
-    np.testing.assert_allclose(
-      f0(z * h_star) / f0(h_star), (2 / z + z**2) / 3, rtol=1e-12
-    )
-  # The exact finite-history risk is minimised within a few percent of H*.
-  betas = np.linspace(0.9, 0.99, 9001)
-  best = betas[np.argmin(bo.tracking_risk(betas, np.inf, v, d))]
-  np.testing.assert_allclose(1 / (1 - best), h_star, rtol=0.05)
-
-
-def test_zero_coefficients_clipping_and_the_selection_grid():
-  low, high = bo.BETA_GRID[2], bo.BETA_GRID[12]
-  assert bo.beta_from_noise_and_lag(0.18, 0.0) == high  # no drift: longest memory
-  assert bo.beta_from_noise_and_lag(0.0, 4e-6) == low  # no noise: shortest
-  assert bo.beta_from_noise_and_lag(0.0, 0.0) == low  # nothing measured: shortest
-  np.testing.assert_allclose(
-    bo.beta_from_noise_and_lag([0.18, 0.0, 0.0], [0.0, 4e-6, 0.0], grid=None),
-    [0.999, 0.68377, 0.68377],
-    rtol=1e-14,
-  )
-  # Clipping at the ends of the range.
-  assert bo.beta_from_noise_and_lag(1e6, 1e-12) == high
-  assert bo.beta_from_noise_and_lag(1e-12, 1.0, beta_range=(0.5, 0.9), grid=None) == 0.5
-  # Every continuous beta snaps to one of the 11 values of [FH26c]'s grid.
-  noise = np.logspace(-4, 2, 61)
-  chosen = bo.beta_from_noise_and_lag(noise[:, None], np.logspace(-9, -1, 41))
-  np.testing.assert_allclose(
-    np.unique(chosen), SELECTION_GRID, atol=5e-6
-  )  # and every one of them is reached.
-  # A custom grid is restricted to the range too.
-  assert (
-    bo.beta_from_noise_and_lag(
-      1.0, 1e-12, grid=(0.5, 0.9, 0.999), beta_range=(0.4, 0.95)
-    )
-    == 0.9
-  )
-
-
-@pytest.mark.parametrize(
-  "kwargs, name",
-  [
-    ({"noise": -1.0, "change": 1.0}, "noise"),
-    ({"noise": 1.0, "change": np.nan}, "change"),
-    ({"noise": 1.0, "change": 1.0, "beta_range": (0.9, 0.5)}, "beta_range"),
-    ({"noise": 1.0, "change": 1.0, "beta_range": (0.5, 1.0)}, "beta_range"),
-    ({"noise": 1.0, "change": 1.0, "grid": (0.5, 1.0)}, "grid"),
-    ({"noise": 1.0, "change": 1.0, "grid": (0.1, 0.2)}, "grid"),
-    ({"noise": 1.0, "change": 1.0, "beta_range": ("0.7", "0.99")}, "beta_range"),
-    ({"noise": 1.0, "change": 1.0, "beta_range": (False, 0.9)}, "beta_range"),
-  ],
-)
-def test_rule_rejects_bad_input_naming_the_argument(kwargs, name):
-  with pytest.raises(ValueError, match=name):
-    bo.beta_from_noise_and_lag(**kwargs)
-
-
-@pytest.mark.parametrize(
-  "args, name",
-  [
-    ((1.0, 10, 1.0, 1.0), "beta"),
-    ((0.9, 0, 1.0, 1.0), "t"),
-    ((0.9, 10, -1.0, 1.0), "noise"),
-    ((0.9, 10, 1.0, -1.0), "change"),
-    ((0.9, "10", 1.0, 1.0), "t"),  # was parsed as 10
-    ((0.9, True, 1.0, 1.0), "t"),  # was t = 1
-    ((0.9, "abc", 1.0, 1.0), "t"),
-  ],
-)
-def test_risk_rejects_bad_input_naming_the_argument(args, name):
-  with pytest.raises(ValueError, match=name):
-    bo.tracking_risk(*args)
 
 
 # --- The sketch and the estimators ----------------------------------------
@@ -184,8 +33,8 @@ def _split(flat):
 
 def _sketch_matrix(seed=0, dim=1024):
   """P as a dense (dim, n) matrix: the sketch is linear, so P e_i column by column."""
-  seeds = jnp.asarray(selection._leaf_seeds(len(_SHAPES), seed))
-  sketch = jax.jit(lambda t: selection._sketch(t, seeds, dim))
+  seeds = jnp.asarray(_probes.leaf_seeds(len(_SHAPES), seed))
+  sketch = jax.jit(lambda t: _probes.sketch(t, seeds, dim))
   return np.stack(
     [np.asarray(sketch(_split(e))) for e in np.eye(70, dtype=np.float32)], 1
   )
@@ -210,13 +59,17 @@ def _sign_model(mu, a, rng, m):
 def test_probe_matches_a_numpy_reference():
   rng = np.random.default_rng(0)
   grads = rng.normal(size=(16, 70)) + 0.5
-  probe = selection._Probe(lambda p, b: b, 16, 4, 1024, 1e-8, 0)
-  z, z_groups = probe(_TEMPLATE, (_split(g.astype(np.float32)) for g in grads))
+  probe = _probes.Probe(lambda p, b: b, 16, 4, 1024, 1e-8, 0)
+  z, z_groups, sizes, finite = probe(
+    _TEMPLATE, (_split(g.astype(np.float32)) for g in grads)
+  )
   direction = lambda g: g.mean(0) / (np.sqrt((g**2).mean(0)) + 1e-8)
   p = _sketch_matrix()
   np.testing.assert_allclose(z, p @ direction(grads), rtol=1e-5, atol=1e-6)
   want = np.stack([p @ direction(g) for g in grads.reshape(4, 4, 70)])
   np.testing.assert_allclose(z_groups, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(sizes, [4, 4, 4, 4])
+  assert finite.all()
 
 
 def test_noise_estimate_is_unbiased_monte_carlo():
@@ -228,12 +81,12 @@ def test_noise_estimate_is_unbiased_monte_carlo():
   a = np.ones(70)
   sizes = np.repeat([40, 30], [40, 30])
   v_true = np.sum((1 - mu**2 / a**2) / sizes)
-  probe = selection._Probe(lambda p, b: b, 16, 4, 1024, 0.0, 0)
+  probe = _probes.Probe(lambda p, b: b, 16, 4, 1024, 0.0, 0)
   estimates = []
   for _ in range(150):
     g = _sign_model(mu, a, rng, 16).astype(np.float32)
-    z, z_groups = probe(_TEMPLATE, (_split(x) for x in g))
-    estimates.append(selection._noise_estimate(z, z_groups, 16))
+    z, z_groups, sizes, _ = probe(_TEMPLATE, (_split(x) for x in g))
+    estimates.append(selection._noise_estimate(z, z_groups, sizes))
   estimates = np.array(estimates)
   se = estimates.std() / np.sqrt(len(estimates))
   assert abs(estimates.mean() - v_true) < 4 * se, (estimates.mean(), v_true, se)
@@ -262,7 +115,8 @@ def test_noise_estimate_bias_for_gaussian_gradients_shrinks_with_group_size():
     z = direction(g) @ p.T
     z_groups = direction(g.reshape(len(g), 4, m // 4, 70)) @ p.T
     v_hat = [
-      selection._noise_estimate(a, b, m) for a, b in zip(z, z_groups, strict=True)
+      selection._noise_estimate(a, b, np.full(4, m // 4))
+      for a, b in zip(z, z_groups, strict=True)
     ]
     bias[m] = np.mean(v_hat) / v_true - 1
   assert 0.15 < bias[16] < 0.32, bias
@@ -284,13 +138,13 @@ def test_lag_fit_is_unbiased_monte_carlo():
   d_true = np.sum((p @ drift) ** 2)
   expected_y = d_true + (noise_at(steps) + noise_at(steps - lags)) / (m * lags**2)
   want = selection._lag_fit(lags, expected_y)
-  probe = selection._Probe(lambda p_, b: b, m, 4, 1024, 0.0, 0)
+  probe = _probes.Probe(lambda p_, b: b, m, 4, 1024, 0.0, 0)
   fits = []
   for _ in range(40):
     z = {}
     for t in [*(steps - lags), steps]:
       g = _sign_model(mean_at(t), np.ones(70), rng, m).astype(np.float32)
-      z[t] = probe(_TEMPLATE, (_split(x) for x in g))[0]
+      z[t] = probe(_TEMPLATE, (_split(x) for x in g)).z
     y = np.array([np.sum((z[steps] - z[steps - n]) ** 2) / n**2 for n in lags])
     fits.append(selection._lag_fit(lags, y))
   fits = np.array(fits)
@@ -304,6 +158,110 @@ def test_lag_fit_recovers_an_exact_model():
   np.testing.assert_allclose(
     selection._lag_fit(lags, 3e-6 + 0.2 / lags**2), (3e-6, 0.2), rtol=1e-9
   )
+
+
+def test_leaf_seeds_are_the_published_hash():
+  """Two rounds of lowbias32 on seed * golden ratio + leaf position: the
+  values of the host copy that _rounding.mix replaced, so sketches (and every
+  selection) are unchanged."""
+  np.testing.assert_array_equal(
+    _probes.leaf_seeds(4, 0), [0, 1492470133, 911671261, 1736833618]
+  )
+  np.testing.assert_array_equal(
+    _probes.leaf_seeds(3, 2**32 + 7), [3598132484, 1390972913, 3486048047]
+  )
+
+
+def _reference_sketches(grads, p, eps=1e-8, groups=4):
+  """Pooled and per-group sketches in numpy, over the finite gradients only."""
+  keep = np.all(np.isfinite(grads), axis=-1)
+  direction = lambda g: g.mean(0) / (np.sqrt((np.abs(g) ** 2).mean(0)) + eps)
+  per_group = [
+    g[k] for g, k in zip(np.split(grads, groups), np.split(keep, groups), strict=True)
+  ]
+  return p @ direction(grads[keep]), np.stack([p @ direction(g) for g in per_group])
+
+
+def test_probe_of_complex_gradients_keeps_the_imaginary_part():
+  # As optax.adam: the mean of the complex gradient over the rms of |g|.
+  rng = np.random.default_rng(5)
+  grads = rng.normal(size=(16, 70)) + 1j * rng.normal(size=(16, 70)) + (0.5 - 0.3j)
+  template = jax.tree.map(lambda x: x.astype(np.complex64), _TEMPLATE)
+  probe = _probes.Probe(lambda p, b: b, 16, 4, 1024, 1e-8, 0)
+  got = probe(template, (_split(g.astype(np.complex64)) for g in grads))
+  z, z_groups = _reference_sketches(grads, _sketch_matrix())
+  assert np.iscomplexobj(got.z) and np.abs(z.imag).max() > 0.05
+  np.testing.assert_allclose(got.z, z, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.groups, z_groups, rtol=1e-5, atol=1e-6)
+
+
+def test_probe_skips_non_finite_gradients():
+  rng = np.random.default_rng(6)
+  grads = rng.normal(size=(16, 70)) + 0.5
+  grads[5, 3], grads[6, 60], grads[12, 0] = np.nan, np.inf, -np.inf
+  probe = _probes.Probe(lambda p, b: b, 16, 4, 1024, 1e-8, 0)
+  got = probe(_TEMPLATE, (_split(g.astype(np.float32)) for g in grads))
+  z, z_groups = _reference_sketches(grads, _sketch_matrix())
+  np.testing.assert_array_equal(got.finite, ~np.isin(np.arange(16), [5, 6, 12]))
+  np.testing.assert_array_equal(got.sizes, [4, 2, 4, 3])
+  np.testing.assert_allclose(got.z, z, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.groups, z_groups, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [2.0**64, 2.0**-70])
+def test_probe_sums_cannot_overflow_or_underflow(scale):
+  """g^2 of 2^64 overflows float32 and of 2^-70 underflows: the sums keep each
+  leaf at a power-of-two scale, so the directions are those of the unscaled
+  gradients bit for bit (with eps = 0, the one scale-dependent term)."""
+  rng = np.random.default_rng(7)
+  grads = (rng.normal(size=(16, 70)) + 0.5).astype(np.float32)
+  probe = _probes.Probe(lambda p, b: b, 16, 4, 1024, 0.0, 0)
+  plain = probe(_TEMPLATE, (_split(g) for g in grads))
+  scaled = probe(_TEMPLATE, (_split(g * np.float32(scale)) for g in grads))
+  assert np.all(np.isfinite(grads * np.float32(scale))) and np.any(plain.z != 0)
+  np.testing.assert_array_equal(scaled.z, plain.z)
+  np.testing.assert_array_equal(scaled.groups, plain.groups)
+
+
+def test_noise_estimate_with_unequal_groups_is_unbiased_monte_carlo():
+  """Groups of n_j probes (skipped ones make them unequal), N = sum n_j: with
+  z_j = r + e_j, E|e_j|^2 = V / n_j and z the pooled mean,
+  E|z_j - z|^2 = V (1/n_j - 1/N), which the estimator divides out."""
+  rng = np.random.default_rng(8)
+  sizes, dim, v = np.array([4, 2, 4, 3]), 50, 0.7
+  errors = rng.normal(size=(20_000, 4, dim)) * np.sqrt(v / dim / sizes)[:, None]
+  z_groups = 1.0 + errors
+  z = np.sum(sizes[:, None] * z_groups, axis=1) / sizes.sum()
+  estimates = [
+    selection._noise_estimate(a, b, sizes) for a, b in zip(z, z_groups, strict=True)
+  ]
+  se = np.std(estimates) / np.sqrt(len(estimates))
+  assert abs(np.mean(estimates) - v) < 4 * se, (np.mean(estimates), v, se)
+  # Equal groups: the m/(G-1) mean |z_j - z|^2 of [FH26c], to the last bit.
+  equal = selection._noise_estimate(z[0], z_groups[0], np.full(4, 4))
+  assert equal == 16 / 3 * np.mean(np.sum((z_groups[0] - z[0]) ** 2, axis=-1))
+
+
+def _sketches(z, groups=None, sizes=(4, 4, 4, 4)):
+  groups = np.tile(z, (4, 1)) if groups is None else groups
+  return _probes.Sketches(z, groups, np.asarray(sizes), np.ones(16, bool))
+
+
+def test_estimate_of_a_known_drift_and_noise():
+  """z_t = z_0 + t v: y_n = |v|^2 at every lag, so I = |v|^2, C = 0; the
+  groups at T_p spread by +-1 on one coordinate: V = 16/3 * 1."""
+  rng = np.random.default_rng(9)
+  z0, v = rng.normal(size=8), rng.normal(size=8) * 1e-3
+  groups = np.tile(z0 + 200 * v, (4, 1))
+  groups[:, 0] += [1.0, -1.0, 1.0, -1.0]
+  sketches = {t: _sketches(z0 + t * v) for t in (100, 150, 180)}
+  sketches[200] = _sketches(z0 + 200 * v, groups)
+  got = selection._estimate(sketches, 200, (20, 50, 100))
+  np.testing.assert_allclose(got.lag_changes, [v @ v] * 3, rtol=1e-9)
+  np.testing.assert_allclose(got.lag_intercept, v @ v, rtol=1e-6)
+  assert got.lag_slope < 1e-9 * v @ v
+  np.testing.assert_allclose(got.change, v @ v, rtol=1e-6)
+  np.testing.assert_allclose(got.noise, 16 / 3, rtol=1e-12)
 
 
 # --- select_beta ------------------------------------------------------------
@@ -511,15 +469,196 @@ def test_select_beta_rejects_bad_input_before_training(kwargs, name):
     bo.select_beta(never, never, never, **kwargs)
 
 
-def test_range_ends_and_grids_are_read_the_same_by_both_rules():
-  """A range may be one memory, and both rules take the grid values within
-  1e-5 of the range (a range written with rounded grid values keeps them)."""
-  assert bo.beta_from_noise_and_lag(1.0, 1.0, beta_range=(0.9, 0.9), grid=None) == 0.9
-  grid = (0.5, 0.900009, 0.95)
-  for low, high in [(0.5, 0.9), (0.900009, 0.95), (0.9, 0.9)]:
-    rule = bo.beta_from_noise_and_lag(1.0, 0.0, beta_range=(low, high), grid=grid)
-    refresh = bo.beta_from_refresh(1e9, grid=grid, beta_range=(low, high))
-    assert rule == refresh == (0.95 if high == 0.95 else 0.900009)
+def _nan_probes(*nan):
+  """The default probe batches, with NaN inputs for the probes in ``nan``."""
+
+  def probe_batch(i):
+    x, y = _mlp_batch(30 + i)
+    return (x * np.nan if i in nan else x), y
+
+  return probe_batch
+
+
+def test_a_non_finite_probe_is_skipped_and_named(mlp_run):
+  # Probe 5 is drawn at the first checkpoint, update 30 - 20 = 10, which only
+  # the lag-20 change uses: the noise and the other lags are the clean run's.
+  clean = mlp_run[0]
+  with pytest.warns(RuntimeWarning, match=r"probes \[5\] at pilot update 10"):
+    sel = bo.select_beta(
+      _recipe,
+      jax.grad(_mlp_loss),
+      _mlp_batch,
+      _mlp_params(),
+      probe_batch=_nan_probes(5),
+      **_SMALL,
+    )
+  assert sel.skipped_probes == (5,) and clean.skipped_probes == ()
+  assert sel.noise == clean.noise
+  assert sel.lag_changes[:2] == clean.lag_changes[:2]
+  assert np.isfinite(sel.lag_changes[2]) and sel.lag_changes[2] != clean.lag_changes[2]
+  assert sel.gradient_evaluations == clean.gradient_evaluations
+  assert "1 non-finite probes skipped" in sel.report()
+  assert json.loads(json.dumps(sel.as_dict()))["skipped_probes"] == [5]
+
+
+def test_a_group_without_a_finite_probe_is_an_error_naming_it():
+  # Probes 24..27 are the first group at the last checkpoint, update 30.
+  with pytest.raises(
+    ValueError, match=r"update 30, probe gradients \[24, 25, 26, 27\]"
+  ):
+    bo.select_beta(
+      _recipe,
+      jax.grad(_mlp_loss),
+      _mlp_batch,
+      _mlp_params(),
+      probe_batch=_nan_probes(24, 25, 26, 27),
+      **_SMALL,
+    )
+
+
+def test_a_diverged_pilot_is_named_as_such():
+  def train_batch(k):
+    x, y = _mlp_batch(k)
+    return (x * np.nan if k == 3 else x), y
+
+  with pytest.raises(ValueError, match=r"update 10, .*the pilot diverged"):
+    bo.select_beta(
+      lambda beta: optax.sgd(0.1),
+      jax.grad(_mlp_loss),
+      train_batch,
+      _mlp_params(),
+      **_SMALL,
+    )
+
+
+@pytest.mark.parametrize(
+  "grad_fn, returned",
+  [
+    (jax.value_and_grad(_mlp_loss), r"returned \(float32\[\], \{'hidden'"),
+    (
+      jax.grad(lambda p, b: (_mlp_loss(p, b), 0.0), has_aux=True),
+      r"returned \(\{'hidden': .*\}, float32\[\]\)",
+    ),
+    (
+      lambda p, b: jax.tree.map(lambda x: jnp.zeros(3), p),
+      r"returned \{'hidden': \{'b': float32\[3\]",
+    ),
+  ],
+  ids=["value_and_grad", "has_aux", "shapes"],
+)
+def test_a_wrong_grad_fn_is_named_before_any_update(grad_fn, returned):
+  """Was a tree mismatch or a broadcasting error inside the optimizer."""
+  calls = []
+
+  def train_batch(k):
+    calls.append(k)
+    return _mlp_batch(k)
+
+  with pytest.raises(ValueError, match=r"^grad_fn\(params, batch\) must return") as e:
+    bo.select_beta(_recipe, grad_fn, train_batch, _mlp_params(), **_SMALL)
+  assert e.match(returned)
+  assert calls == [0]  # traced on the first batch; no update ran
+
+
+@pytest.mark.parametrize(
+  "make_optimizer, match",
+  [
+    (bo.balanced_adam(1e-2), "^make_optimizer must be a function beta -> optax"),
+    (optax.MultiSteps(bo.balanced_adam(1e-2), 2), "^make_optimizer must be a function"),
+    (lambda beta: beta, r"^make_optimizer\(0.95\) must return an optax"),
+  ],
+  ids=["optimizer", "multi_steps", "not_an_optimizer"],
+)
+def test_an_optimizer_instead_of_a_factory_is_named(make_optimizer, match):
+  with pytest.raises(ValueError, match=match):
+    bo.select_beta(make_optimizer, jax.grad(_mlp_loss), _mlp_batch, _mlp_params())
+
+
+def test_huge_gradients_select_the_same_beta():
+  """|g| ~ 1e20: g^2 overflowed the float32 probe sums (beta 0.822 -> 0.9)."""
+  recipe = lambda beta: bo.balanced_adam(1e-2, beta, eps=0.0, scale_safe=True)
+  grad = jax.grad(_mlp_loss)
+  huge_grad = lambda p, b: jax.tree.map(lambda g: g * 1e20, grad(p, b))
+  unit = bo.select_beta(recipe, grad, _mlp_batch, _mlp_params(), eps=0.0, **_SMALL)
+  huge = bo.select_beta(recipe, huge_grad, _mlp_batch, _mlp_params(), eps=0.0, **_SMALL)
+  assert huge.beta == unit.beta
+  for field in ("beta_continuous", "noise", "change"):
+    np.testing.assert_allclose(getattr(huge, field), getattr(unit, field), rtol=1e-6)
+
+
+def test_complex_params_measure_the_complex_direction():
+  """g = s + i u, s and u = +-1 with means mu (drifting) and 0.8: |g|^2 = 2, so
+  the direction mean(g) / sqrt(2) is linear and V, D are known:
+  V = sum_p mean((1 - mu^2) + (1 - 0.8^2)) / 2, D = sum_p mean(drift^2) / 2.
+  The real part alone gave V 49% high."""
+  n, m = (400, 300), 64
+  rng = np.random.default_rng(4)
+  drift = {k: rng.choice([-1, 1], s) * 0.003 for k, s in zip("ab", n, strict=True)}
+  params = {k: np.zeros(s, np.complex64) for k, s in zip("ab", n, strict=True)}
+  checkpoints = (100, 150, 180, 200)
+
+  def sample(t, seed):
+    r = np.random.default_rng(seed)
+    sign = lambda mean: np.where(r.random(mean.shape) < (1 + mean) / 2, 1.0, -1.0)
+    return {
+      k: (sign((t - 150) * d) + 1j * sign(np.full(d.shape, 0.8))).astype(np.complex64)
+      for k, d in drift.items()
+    }
+
+  sel = bo.select_beta(
+    lambda beta: optax.sgd(0.0),
+    lambda p, b: b,
+    lambda k: sample(k, k),
+    params,
+    probe_batch=lambda i: sample(checkpoints[i // m], 10**6 + i),
+    num_probes=m,
+    grid=None,
+  )
+  v_true = sum(np.mean(2 - (50 * d) ** 2 - 0.8**2) / 2 for d in drift.values())
+  d_true = sum(np.mean(d**2) / 2 for d in drift.values())
+  np.testing.assert_allclose(sel.noise, v_true, rtol=0.1)
+  np.testing.assert_allclose(sel.lag_intercept, d_true, rtol=0.3)
+  np.testing.assert_allclose(sel.change, d_true + 2 * v_true / (m * 100**2), rtol=0.2)
+
+
+def test_multi_steps_is_measured_in_optimizer_updates(mlp_run):
+  """optax.MultiSteps(tx, 4) on micro-batches is the same trajectory as tx on
+  batches of 4 micro-batches: pilot_steps and lags count its updates, and a
+  probe is the mean of 4 micro-batch gradients, so the selection is the
+  big-batch one (counting micro-steps gave beta 0.854 against 0.786)."""
+
+  def big_batch(k):
+    xs, ys = zip(*(_mlp_batch(4 * k + j) for j in range(4)), strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+  grad = jax.grad(_mlp_loss)
+  plain = bo.select_beta(_recipe, grad, big_batch, _mlp_params(), **_SMALL)
+  calls = []
+
+  def micro_batch(k):
+    calls.append(k)
+    return _mlp_batch(k)
+
+  accumulated = bo.select_beta(
+    lambda beta: optax.MultiSteps(_recipe(beta), 4),
+    grad,
+    micro_batch,
+    _mlp_params(),
+    **_SMALL,
+  )
+  np.testing.assert_allclose(plain.beta_continuous, 0.785974, atol=5e-7)
+  for field in ("beta_continuous", "noise", "change", "lag_intercept", "lag_slope"):
+    np.testing.assert_allclose(
+      getattr(accumulated, field), getattr(plain, field), rtol=1e-5
+    )
+  assert accumulated.beta == plain.beta and accumulated.pilot_steps == 30
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  jax.tree.map(close, accumulated.pilot_params, plain.pilot_params)
+  assert accumulated.gradient_evaluations == 4 * plain.gradient_evaluations == 248
+  # The pilot's micro-batches in order; the probes' are those after them (the
+  # 32 probes of big batches 30..61 are micro-batches 120..247).
+  assert [k for k in calls if k < 120] == list(range(120))
+  assert sorted(calls) == list(range(248))
 
 
 _SHARDED_SCRIPT = textwrap.dedent(
@@ -527,7 +666,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
   import jax, jax.numpy as jnp, numpy as np, optax
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
   import balanced_optax as bo
-  from balanced_optax import selection
+  from balanced_optax import _probes, selection
   from tests.selection_test import _SMALL, _mlp_batch, _mlp_loss, _mlp_params, _recipe
 
   assert jax.device_count() == 8
@@ -552,8 +691,8 @@ _SHARDED_SCRIPT = textwrap.dedent(
     for x, s in zip(jax.tree.leaves(sel.pilot_params), jax.tree.leaves(specs)):
       assert x.sharding.is_equivalent_to(NamedSharding(mesh, s), x.ndim), s
     # The sketch reduces per-device partial sums; it never gathers a gradient.
-    seeds = jnp.asarray(selection._leaf_seeds(4, 0))
-    hlo = jax.jit(lambda t: selection._sketch(t, seeds, 1024)).lower(sharded).compile()
+    seeds = jnp.asarray(_probes.leaf_seeds(4, 0))
+    hlo = jax.jit(lambda t: _probes.sketch(t, seeds, 1024)).lower(sharded).compile()
     assert "all-gather" not in hlo.as_text()
   print("SHARDED OK")
   """
