@@ -36,7 +36,7 @@ from flax import nnx
 import balanced_optax
 from examples.common import mesh as mesh_lib
 from examples.common import optim
-from examples.common.config import BETA_RULES, TrainConfig
+from examples.common.config import PILOT_NUM_GROUPS, TrainConfig, check_beta
 
 SELECTION_FILE = "beta_selection.json"
 # The BetaSelection fields that are one number each go to metrics.jsonl too.
@@ -50,23 +50,6 @@ _LOGGED_FIELDS = (
   "pilot_steps",
   "gradient_evaluations",
 )
-
-
-def check_beta(config: TrainConfig) -> None:
-  """Raises ValueError for a ``beta`` that is neither a number nor a rule."""
-  beta = config.beta
-  if isinstance(beta, str):
-    if beta not in BETA_RULES:
-      raise ValueError(
-        f"beta must be a float in [0, 1) or one of {BETA_RULES}, got {beta!r}"
-      )
-    if config.optimizer != "balanced_adam":
-      raise ValueError(
-        f"beta={beta!r} chooses balanced Adam's memory, but"
-        f" optimizer={config.optimizer!r} does not use beta"
-      )
-  elif isinstance(beta, bool) or not isinstance(beta, int | float):
-    raise ValueError(f"beta must be a float in [0, 1) or one of {BETA_RULES}")
 
 
 def run_pilot(
@@ -109,6 +92,7 @@ def run_pilot(
     pilot_steps=config.pilot_steps,
     lags=tuple(config.pilot_lags),
     num_probes=config.pilot_num_probes,
+    num_groups=PILOT_NUM_GROUPS,
     eps=config.eps,
     seed=config.seed,
   )

@@ -1,17 +1,22 @@
-"""Configs from the command line (ml_collections' config_flags), and how a
-run's beta is resolved from its config."""
+"""Configs from the command line (ml_collections' config_flags), their
+checks, and how a run's beta is resolved from its config."""
 
 import dataclasses
 import json
 import os
+import re
+import types
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
 import balanced_optax
 from examples.common import beta as beta_lib
-from examples.common.config import TrainConfig
+from examples.common import loop
+from examples.common import mesh as mesh_lib
+from examples.common.config import ConfigError, TrainConfig
 
 EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,6 +91,190 @@ def test_check_beta_rejects(fields, message):
     beta_lib.check_beta(dataclasses.replace(TrainConfig(), **fields))
 
 
+# A bad value of each shared field (one or more per field), and its whole
+# message: the field and its valid range.
+BAD_FIELDS = [
+  ("seed", -1, "config.seed must be an integer in [0, 9223372036854775807], got -1"),
+  ("seed", 1.5, "config.seed must be an integer in [0, 9223372036854775807], got 1.5"),
+  ("data", None, "config.data must be a str, got None"),
+  ("num_steps", 0, "config.num_steps must be an integer >= 1, got 0"),
+  ("batch_size", 0, "config.batch_size must be an integer >= 1, got 0"),
+  (
+    "optimizer",
+    "adamw",
+    "config.optimizer must be one of ('balanced_adam', 'adam', 'signum',"
+    " 'rmsprop', 'sgd'), got 'adamw'",
+  ),
+  ("learning_rate", -1.0, "config.learning_rate must be in [0.0, inf), got -1.0."),
+  (
+    "learning_rate",
+    "1e-3",
+    "config.learning_rate must be a number in [0.0, inf), got '1e-3' (str).",
+  ),
+  ("warmup_steps", -1, "config.warmup_steps must be an integer >= 0, got -1"),
+  (
+    "final_lr_fraction",
+    1.5,
+    "config.final_lr_fraction must be a number in [0, 1], got 1.5",
+  ),
+  (
+    "final_lr_fraction",
+    float("nan"),
+    "config.final_lr_fraction must be a number in [0, 1], got nan",
+  ),
+  ("beta", 1.5, "config.beta must be in [0.0, 1.0), got 1.5."),
+  ("beta", 1, "config.beta must be in [0.0, 1.0), got 1."),  # 1 is beta = 1.0
+  ("beta", -0.1, "config.beta must be in [0.0, 1.0), got -0.1."),
+  (
+    "beta",
+    None,
+    "config.beta must be a float in [0, 1) or one of ('auto', 'refresh'), got None",
+  ),
+  (
+    "beta",
+    "autox",
+    "config.beta must be a float in [0, 1) or one of ('auto', 'refresh'), got 'autox'",
+  ),
+  (
+    "beta",
+    True,
+    "config.beta must be a float in [0, 1) or one of ('auto', 'refresh'), got True",
+  ),
+  ("pilot_steps", 2, "config.pilot_steps must be an integer >= 3, got 2"),
+  (
+    "pilot_lags",
+    (20,),
+    "config.pilot_lags must hold at least two distinct integers in"
+    " [1, config.pilot_steps - 1] = [1, 199], got (20,)",
+  ),
+  (
+    "pilot_lags",
+    (20, 200),
+    "config.pilot_lags must hold at least two distinct integers in"
+    " [1, config.pilot_steps - 1] = [1, 199], got (20, 200)",
+  ),
+  (
+    "pilot_lags",
+    (0, 20),
+    "config.pilot_lags must hold at least two distinct integers in"
+    " [1, config.pilot_steps - 1] = [1, 199], got (0, 20)",
+  ),
+  (
+    "pilot_lags",
+    "20,50",
+    "config.pilot_lags must hold at least two distinct integers in"
+    " [1, config.pilot_steps - 1] = [1, 199], got '20,50'",
+  ),
+  (
+    "pilot_num_probes",
+    6,
+    "config.pilot_num_probes must be a multiple of 4 (the pilot's noise groups)"
+    " >= 4, got 6",
+  ),
+  (
+    "pilot_num_probes",
+    0,
+    "config.pilot_num_probes must be a multiple of 4 (the pilot's noise groups)"
+    " >= 4, got 0",
+  ),
+  ("b1", 1.0, "config.b1 must be in [0.0, 1.0), got 1.0."),
+  ("b2", -0.5, "config.b2 must be in [0.0, 1.0), got -0.5."),
+  ("eps", -1e-8, "config.eps must be in [0.0, inf), got -1e-08."),
+  ("momentum", 1.0, "config.momentum must be in [0.0, 1.0), got 1.0."),
+  ("weight_decay", -0.1, "config.weight_decay must be in [0.0, inf), got -0.1."),
+  (
+    "grad_clip_norm",
+    -1.0,
+    "config.grad_clip_norm must be a number in [0, inf), got -1.0",
+  ),
+  ("log_every", 0, "config.log_every must be an integer >= 1, got 0"),
+  ("eval_every", 0, "config.eval_every must be an integer >= 1, got 0"),
+  ("checkpoint_every", 0, "config.checkpoint_every must be an integer >= 1, got 0"),
+  ("max_checkpoints", 0, "config.max_checkpoints must be an integer >= 1, got 0"),
+  (
+    "halt_after_steps",
+    -1,
+    "config.halt_after_steps must be an integer in [0, 1000], got -1",
+  ),
+  (
+    "halt_after_steps",
+    1001,
+    "config.halt_after_steps must be an integer in [0, 1000], got 1001",
+  ),
+  ("fsdp", "yes", "config.fsdp must be a bool, got 'yes'"),
+  ("progress_bar", 1, "config.progress_bar must be a bool, got 1"),
+]
+
+
+def test_every_shared_field_has_a_bad_value():
+  fields = {f.name for f in dataclasses.fields(TrainConfig)}
+  assert {field for field, _, _ in BAD_FIELDS} == fields
+
+
+@pytest.mark.parametrize(
+  "field, value, message", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in BAD_FIELDS]
+)
+def test_validate_names_the_field_and_its_range(field, value, message):
+  config = dataclasses.replace(TrainConfig(), **{field: value})
+  with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+    config.validate()
+
+
+@pytest.mark.parametrize(
+  "field, argument, value",
+  [
+    ("learning_rate", "learning_rate", float("inf")),
+    ("beta", "beta", 0.99999999),  # below 1, but 1.0 in float32
+    ("b1", "beta", 1.5),
+    ("b2", "beta", float("nan")),
+    ("momentum", "beta", -0.1),
+    ("eps", "eps", -1.0),
+    ("weight_decay", "weight_decay", "0.1"),
+  ],
+)
+def test_optimizer_fields_get_balanced_optax_checks(field, argument, value):
+  """The library's own check and message, with the field's name."""
+  with pytest.raises(ValueError) as library:
+    balanced_optax.balanced_adamw(**{"learning_rate": 0.0, argument: value})
+  with pytest.raises(ConfigError) as ours:
+    dataclasses.replace(TrainConfig(), **{field: value}).validate()
+  expected = f"config.{field}{str(library.value).removeprefix(argument)}"
+  assert str(ours.value) == expected
+
+
+@pytest.mark.parametrize(
+  "fields",
+  [
+    {},
+    {"beta": 0},  # an int: beta = 0.0, sign descent
+    {"beta": 0.9999999},  # below 1 in float32 too
+    {"beta": "refresh"},
+    {"beta": "auto"},
+    {"optimizer": "adam", "beta": 0.5},  # a float beta is ignored by adam
+    {"learning_rate": 0.0, "final_lr_fraction": 1.0, "grad_clip_norm": 0.0},
+    {"final_lr_fraction": 0.0, "momentum": 0.0, "eps": 0.0, "weight_decay": 0.0},
+    {"warmup_steps": 5000},  # longer than num_steps: cut there (make_schedule)
+    {"halt_after_steps": 1000, "seed": np.int64(7)},
+    {"pilot_steps": 3, "pilot_lags": [1, 2], "pilot_num_probes": 4},
+  ],
+  ids=str,
+)
+def test_validate_accepts_the_ends_of_each_range(fields):
+  dataclasses.replace(TrainConfig(), **fields).validate()
+
+
+def test_the_loop_checks_the_shared_fields_first(tmp_path, monkeypatch):
+  """For callers of ``loop.train`` that skip ``train_and_evaluate``."""
+  workdir = tmp_path / "run"
+  with pytest.raises(ConfigError, match=r"^config\.eval_every must be"):
+    loop.train(TrainConfig(eval_every=0), str(workdir), task=None)
+  monkeypatch.setattr(mesh_lib, "make_mesh", lambda: types.SimpleNamespace(size=3))
+  message = "config.batch_size must be a multiple of the device count 3, got 32"
+  with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+    loop.train(TrainConfig(batch_size=32), str(workdir), task=None)
+  assert not workdir.exists()
+
+
 def _no_pilot():
   raise AssertionError("the pilot must not run")
 
@@ -121,6 +310,7 @@ SELECTION = balanced_optax.BetaSelection(
   pilot_beta=0.95,
   num_probes=8,
   gradient_evaluations=44,
+  skipped_probes=(),
   seconds=1.5,
 )
 

@@ -24,7 +24,7 @@ from examples.common import beta as beta_lib
 from examples.common import mesh as mesh_lib
 from examples.common import optim, train_step
 from examples.common.checkpoint import Checkpointer
-from examples.common.config import TrainConfig
+from examples.common.config import ConfigError, TrainConfig
 from examples.common.metrics import TIMING_SUFFIX, MetricsWriter
 from examples.common.progress import progress_bar
 
@@ -164,7 +164,8 @@ def train(
   ``num_steps``; checkpoints every ``checkpoint_every`` steps and at the end.
 
   Args:
-    config: the run's config.
+    config: the run's config; its shared fields are checked first
+      (:meth:`TrainConfig.validate`), before anything is built.
     workdir: checkpoints go to ``workdir/checkpoints``, metrics to
       ``workdir/metrics.jsonl`` and ``workdir/loss_curves.png``.
     task: the example.
@@ -173,11 +174,14 @@ def train(
     ``(final_metrics, graphdef, params)``: the latest value of every logged
     metric, and the trained model as ``nnx.merge(graphdef, params)``.
   """
+  # The fields the loop uses; train_and_evaluate has checked the example's.
+  TrainConfig.validate(config)
   mesh_lib.maybe_initialize_distributed()
   mesh = mesh_lib.make_mesh()
   if config.batch_size % mesh.size:
-    raise ValueError(
-      f"batch_size={config.batch_size} must divide over {mesh.size} devices"
+    raise ConfigError(
+      f"config.batch_size must be a multiple of the device count {mesh.size},"
+      f" got {config.batch_size}"
     )
   is_first_process = jax.process_index() == 0
   if is_first_process:

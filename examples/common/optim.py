@@ -26,9 +26,7 @@ import jax
 import optax
 
 import balanced_optax
-from examples.common.config import TrainConfig
-
-OPTIMIZERS = ("balanced_adam", "adam", "signum", "rmsprop", "sgd")
+from examples.common.config import OPTIMIZERS, TrainConfig
 
 
 def make_schedule(config: TrainConfig) -> optax.Schedule:

@@ -6,6 +6,8 @@ compare their runs to its ``metrics.jsonl`` and checkpoints.
 """
 
 import dataclasses
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ import pytest
 from examples.common.metrics import METRICS_FILE, read_history
 from examples.gpt import train
 from examples.gpt.configs import tiny
+
+TINY_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "tiny.py")
 
 _SUBJECTS = (
   "the farmer",
@@ -99,3 +103,21 @@ def reference_run(tiny_config, tmp_path_factory):
   metrics = train.train_and_evaluate(tiny_config, workdir)
   history = read_history(f"{workdir}/{METRICS_FILE}")
   return workdir, metrics, history
+
+
+@pytest.fixture(scope="session")
+def run_main(subprocess_env, python):
+  """Returns ``run(*flags)``: ``python -m examples.gpt.main
+  --config=configs/tiny.py *flags`` on the CPU, as a finished
+  ``subprocess.CompletedProcess`` with its output as text."""
+
+  def run(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+      [python, "-m", "examples.gpt.main", f"--config={TINY_CONFIG}", *flags],
+      env=subprocess_env(JAX_PLATFORMS="cpu"),
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+
+  return run

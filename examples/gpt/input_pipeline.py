@@ -15,12 +15,32 @@ import numpy as np
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "data", "shakespeare.txt.gz")
 
 
-def read_text(path: str = "") -> str:
-  """Reads a UTF-8 text file (gzipped if it ends in ``.gz``); "" = default."""
+def _open_text(path: str):
   path = path or DEFAULT_CORPUS
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8") as f:
+  return opener(path, "rt", encoding="utf-8")
+
+
+def read_text(path: str = "") -> str:
+  """Reads a UTF-8 text file (gzipped if it ends in ``.gz``); "" = default."""
+  with _open_text(path) as f:
     return f.read()
+
+
+def count_chars(path: str = "") -> int:
+  """The characters of :func:`read_text`'s text, read in chunks so that a
+  large file is not held in memory; raises what reading it would raise
+  (``OSError``, ``UnicodeDecodeError``, ``EOFError``, ``zlib.error``)."""
+  count = 0
+  with _open_text(path) as f:
+    while chunk := f.read(1 << 20):
+      count += len(chunk)
+  return count
+
+
+def split_index(num_chars: int, val_fraction: float) -> int:
+  """Where the validation split starts: the last ``val_fraction`` is held out."""
+  return int(num_chars * (1 - val_fraction))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +79,7 @@ def make_corpus(text: str, val_fraction: float = 0.1) -> CharCorpus:
     "".join(sorted(set(text))), np.zeros(0, np.int32), np.zeros(0, np.int32)
   )
   ids = corpus.encode(text)
-  split = int(len(ids) * (1 - val_fraction))
+  split = split_index(len(ids), val_fraction)
   return dataclasses.replace(corpus, train_ids=ids[:split], val_ids=ids[split:])
 
 

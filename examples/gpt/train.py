@@ -93,7 +93,12 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, float]:
 
   Writes ``metrics.jsonl``, ``loss_curves.png``, ``checkpoints/`` and
   ``sample.txt`` under ``workdir``.
+
+  Raises:
+    examples.common.config.ConfigError: for a field outside its range
+      (``config.validate()``, first: nothing is built or written).
   """
+  config.validate()
   corpus = input_pipeline.make_corpus(
     input_pipeline.read_text(config.data), config.val_fraction
   )

@@ -27,7 +27,6 @@ pytestmark = pytest.mark.slow
 # loss of the initial parameters on batch 0. Near ln(vocab size) because the
 # initial logits are almost uniform.
 GOLDEN_FIRST_LOSS = 3.5055976
-TINY_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "tiny.py")
 # A pilot of 20 updates (the paper's: 200), lags 5 and 10, 8 probes.
 SMALL_PILOT = {"pilot_steps": 20, "pilot_lags": (5, 10), "pilot_num_probes": 8}
 
@@ -104,28 +103,16 @@ def test_resume_reproduces_the_uninterrupted_run(reference_run, tiny_config, tmp
   assert sample == open(f"{ref_dir}/{train.SAMPLE_FILE}").read()
 
 
-def test_command_line_overrides_and_refresh_rule(
-  tiny_config, tmp_path, subprocess_env, python
-):
+def test_command_line_overrides_and_refresh_rule(tiny_config, tmp_path, run_main):
   """``python -m examples.gpt.main --config=FILE --config.FIELD=VALUE``."""
-  out = subprocess.run(
-    [
-      python,
-      "-m",
-      "examples.gpt.main",
-      f"--config={TINY_CONFIG}",
-      f"--config.data={tiny_config.data}",
-      "--config.num_steps=12",
-      "--config.learning_rate=3e-3",
-      "--config.beta=refresh",
-      "--config.sample_chars=0",
-      "--config.progress_bar=false",
-      f"--workdir={tmp_path}",
-    ],
-    env=subprocess_env(JAX_PLATFORMS="cpu"),
-    capture_output=True,
-    text=True,
-    timeout=120,
+  out = run_main(
+    f"--config.data={tiny_config.data}",
+    "--config.num_steps=12",
+    "--config.learning_rate=3e-3",
+    "--config.beta=refresh",
+    "--config.sample_chars=0",
+    "--config.progress_bar=false",
+    f"--workdir={tmp_path}",
   )
   assert out.returncode == 0, out.stderr[-3000:]
   beta = balanced_optax.beta_from_refresh(t_es=12, grid=balanced_optax.BETA_GRID)

@@ -12,6 +12,9 @@ import dataclasses
 import numpy as np
 
 CIFAR10_HUB_NAME = "uoft-cs/cifar10"
+# The names ``--config.data`` takes ("" is digits), and their image sides.
+DATASETS = ("", "digits", "cifar10")
+IMAGE_SIDES = {"digits": 8, "cifar10": 32}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,7 +77,12 @@ def train_and_evaluate(config: Config, workdir: str) -> dict[str, float]:
 
   Writes ``metrics.jsonl``, ``loss_curves.png`` and ``checkpoints/`` under
   ``workdir``.
+
+  Raises:
+    examples.common.config.ConfigError: for a field outside its range
+      (``config.validate()``, first: nothing is built or written).
   """
+  config.validate()
   task = make_task(config, input_pipeline.load(config.data))
   metrics, _, _ = loop.train(config, workdir, task)
   return metrics
