@@ -2,18 +2,22 @@
 
 import contextlib
 import os
+import subprocess
+import sys
 
 import hypothesis
 import jax
 import pytest
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
 # A persistent compilation cache, so that a rerun (the edit-test loop)
 # compiles only the programs an edit changed: the suite's time is mostly XLA
-# compiling small programs (README.md gives the fast tier's cold and warm
+# compiling small programs (CONTRIBUTING.md gives the fast tier's cold and warm
 # times). The cache key is the program, the compile options and the jax/XLA
 # versions, so a stale entry cannot be served. The xdist workers share it;
 # the subprocesses the tests start get a directory per worker
-# (examples/conftest.py). It has no size limit on purpose: with one, jax
+# (``subprocess_env``). It has no size limit on purpose: with one, jax
 # takes a file lock and rescans every entry at each write, which made a cold
 # fast tier 2.4x slower. Entries are compressed streams: a read that races a
 # write fails to decompress, in Python, and jax recompiles.
@@ -22,9 +26,7 @@ _CACHE_FLAGS = {
   "jax_persistent_cache_min_compile_time_secs": 0,
   "jax_persistent_cache_min_entry_size_bytes": -1,
 }
-_CACHE = os.environ.get(
-  "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), ".jax_cache")
-)
+_CACHE = os.environ.get("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".jax_cache"))
 if _CACHE:
   jax.config.update("jax_compilation_cache_dir", _CACHE)
   for _name, _value in _CACHE_FLAGS.items():
@@ -84,32 +86,66 @@ def unoptimized_xla():
   return context
 
 
-def _family(item) -> tuple:
-  """The test function an item is a case of (pytest or absl parameters, chex
-  variants): its module, class and undecorated name."""
-  fn = getattr(item, "obj", None)
-  while hasattr(fn, "__wrapped__"):
-    fn = fn.__wrapped__
-  name = getattr(fn, "__name__", None) or getattr(item, "originalname", item.name)
-  if hasattr(item, "originalname") and item.originalname != item.name:
-    name = item.originalname  # pytest.mark.parametrize
-  cls = getattr(item, "cls", None)
-  return (item.module.__name__, cls.__name__ if cls else None, name)
+@pytest.fixture(scope="session")
+def python() -> str:
+  return sys.executable
 
 
-def pytest_collection_modifyitems(config, items):
-  """The fast tier (``-m "not slow"``) runs every test function once.
+@pytest.fixture(scope="session")
+def subprocess_env():
+  """Returns ``env(**extra)``: ``os.environ`` for a ``python`` subprocess (a
+  script, a trainer, a notebook kernel), updated with ``extra``.
 
-  Of each parameterized test (pytest or absl parameters, chex variants) the
-  first case runs in the fast tier, jitted where it has a jitted variant;
-  its other cases are marked ``slow`` and run with everything else in the
-  full suite (README's test command, CI).
+  The subprocess imports this checkout, installed or not. When the cache
+  above is on, it keeps one in a directory of its xdist worker's, so that
+  only the processes one test starts share it (one after another, or only
+  the first process of a multi-process run writes).
   """
-  del config
-  ordered = sorted(items, key=lambda it: "without_jit" in it.name)  # stable
-  seen = set()
-  for item in ordered:
-    family = _family(item)
-    if family in seen:
-      item.add_marker(pytest.mark.slow)
-    seen.add(family)
+
+  def env(**extra: str) -> dict[str, str]:
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(
+      filter(None, [ROOT, environ.get("PYTHONPATH")])
+    )
+    if _CACHE:
+      environ.update({name.upper(): str(value) for name, value in _CACHE_FLAGS.items()})
+      worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+      environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+        _CACHE, f"subprocesses-{worker}"
+      )
+    environ.update(extra)
+    return environ
+
+  return env
+
+
+@pytest.fixture(scope="session")
+def run_on_8_devices(subprocess_env, python):
+  """Returns ``run(script, ok_line)``: runs the Python source ``script`` on 8
+  CPU devices, asserts that it exits 0 and prints ``ok_line``, and returns
+  its stdout.
+
+  jax fixes its device count when it starts, so multi-device tests run their
+  assertions in a subprocess with ``--xla_force_host_platform_device_count=8``.
+  """
+
+  def run(script: str, ok_line: str) -> str:
+    result = subprocess.run(
+      [python, "-c", script],
+      env=subprocess_env(
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        # Compiling dominates these runs; XLA's optimisations change no assertion.
+        JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+      ),
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ok_line in result.stdout, result.stdout[-3000:]
+    return result.stdout
+
+  return run

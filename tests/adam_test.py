@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from absl.testing import parameterized
 
 import balanced_optax as bo
@@ -109,11 +110,17 @@ def _float64_guarded_adam(grads, beta, eps):
 
 
 class GuardTest(chex.TestCase):
+  @chex.variants(with_jit=True)
+  def test_constant_gradient_with_a_nonfinite_step_keeps_its_debiased_moments(self):
+    self._assert_constant_gradient_keeps_its_debiased_moments(scale_safe=True)
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters(False, True)
-  def test_constant_gradient_with_a_nonfinite_step_keeps_its_debiased_moments(
-    self, scale_safe
-  ):
+  @pytest.mark.slow
+  def test_constant_gradient_keeps_its_debiased_moments_in_every_case(self, scale_safe):
+    self._assert_constant_gradient_keeps_its_debiased_moments(scale_safe)
+
+  def _assert_constant_gradient_keeps_its_debiased_moments(self, scale_safe):
     beta, value = 0.9, 0.7
     tx = bo.scale_by_balanced_adam(beta, eps=0.0, scale_safe=scale_safe)
     update = self.variant(tx.update)
@@ -168,9 +175,17 @@ class GuardTest(chex.TestCase):
     np.testing.assert_allclose(second, v, rtol=2e-5, atol=1e-6)
     chex.assert_tree_all_finite((got, state))
 
+  @chex.variants(with_jit=True)
+  def test_guard_changes_nothing_on_finite_gradients(self):
+    self._assert_guard_changes_nothing_on_finite_gradients(scale_safe=False)
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters(False, True)
-  def test_guard_changes_nothing_on_finite_gradients(self, scale_safe):
+  @pytest.mark.slow
+  def test_guard_changes_nothing_on_finite_gradients_in_every_case(self, scale_safe):
+    self._assert_guard_changes_nothing_on_finite_gradients(scale_safe)
+
+  def _assert_guard_changes_nothing_on_finite_gradients(self, scale_safe):
     params = streams.nested_params()
     grads = streams.gradient_stream(params, 60, seed=22)
     results = []
@@ -277,9 +292,17 @@ def _parts(tree):
 
 
 class ComplexTest(chex.TestCase):
+  @chex.variants(with_jit=True)
+  def test_complex64_equals_optax_adam(self):
+    self._assert_complex64_equals_optax_adam(scale_safe=True, nesterov=True)
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(scale_safe=(False, True), nesterov=(False, True))
-  def test_complex64_equals_optax_adam(self, scale_safe, nesterov):
+  @pytest.mark.slow
+  def test_complex64_equals_optax_adam_in_every_case(self, scale_safe, nesterov):
+    self._assert_complex64_equals_optax_adam(scale_safe, nesterov)
+
+  def _assert_complex64_equals_optax_adam(self, scale_safe, nesterov):
     params = jax.tree.map(lambda x: x.astype(jnp.complex64), streams.nested_params())
     real = streams.gradient_stream(params, 50, seed=24)
     imag = streams.gradient_stream(params, 50, seed=25)
@@ -487,11 +510,23 @@ class MixedPrecisionTest(chex.TestCase):
 
 
 class NesterovEpsRootTest(chex.TestCase):
+  @chex.variants(with_jit=True)
+  def test_equals_optax_scale_by_adam(self):
+    self._assert_equals_optax_scale_by_adam(
+      nesterov=True, eps_root=1e-2, scale_safe=True
+    )
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(
     nesterov=(False, True), eps_root=(0.0, 1e-8, 1e-2), scale_safe=(False, True)
   )
-  def test_equals_optax_scale_by_adam(self, nesterov, eps_root, scale_safe):
+  @pytest.mark.slow
+  def test_equals_optax_scale_by_adam_in_every_case(
+    self, nesterov, eps_root, scale_safe
+  ):
+    self._assert_equals_optax_scale_by_adam(nesterov, eps_root, scale_safe)
+
+  def _assert_equals_optax_scale_by_adam(self, nesterov, eps_root, scale_safe):
     params = streams.nested_params()
     grads = streams.gradient_stream(params, 50, seed=30)
     ours = bo.scale_by_balanced_adam(

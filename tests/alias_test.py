@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from absl.testing import parameterized
 
 import balanced_optax as bo
@@ -30,9 +31,17 @@ def _cases():
 
 
 class BalancedAdamTest(chex.TestCase):
+  @chex.variants(with_jit=True)
+  def test_equals_optax_adam_with_tied_betas(self):
+    self._assert_equals_optax_adam_with_tied_betas(beta=0.9, eps=1e-8, scale=1.0)
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(*_cases())
-  def test_equals_optax_adam_with_tied_betas(self, beta, eps, scale):
+  @pytest.mark.slow
+  def test_equals_optax_adam_with_tied_betas_in_every_case(self, beta, eps, scale):
+    self._assert_equals_optax_adam_with_tied_betas(beta, eps, scale)
+
+  def _assert_equals_optax_adam_with_tied_betas(self, beta, eps, scale):
     params = streams.nested_params()
     grads = streams.gradient_stream(params, STEPS, scale=scale, seed=1)
     lr = _schedule(1e-2)
@@ -65,11 +74,19 @@ class BalancedAdamTest(chex.TestCase):
 
 
 class BalancedAdamWTest(chex.TestCase):
+  @chex.variants(with_jit=True)
+  def test_equals_optax_adamw(self):
+    self._assert_equals_optax_adamw(mask_kind="tree")
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(
     ("tree_mask", "tree"), ("callable_mask", "callable"), ("no_mask", None)
   )
-  def test_equals_optax_adamw(self, mask_kind):
+  @pytest.mark.slow
+  def test_equals_optax_adamw_in_every_case(self, mask_kind):
+    self._assert_equals_optax_adamw(mask_kind)
+
+  def _assert_equals_optax_adamw(self, mask_kind):
     params = jax.tree.map(lambda x: x + 0.5, streams.nested_params())
     grads = streams.gradient_stream(params, STEPS, seed=3)
     decay_matrices = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
@@ -107,9 +124,17 @@ class BalancedAdamWTest(chex.TestCase):
 class NesterovEpsRootTest(chex.TestCase):
   """The options port from optax.adam / optax.adamw by renaming b1 = b2 to beta."""
 
+  @chex.variants(with_jit=True)
+  def test_balanced_adam_equals_optax_adam(self):
+    self._assert_balanced_adam_equals_optax_adam(nesterov=True, eps_root=1e-3)
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(nesterov=(False, True), eps_root=(0.0, 1e-8, 1e-3))
-  def test_balanced_adam_equals_optax_adam(self, nesterov, eps_root):
+  @pytest.mark.slow
+  def test_balanced_adam_equals_optax_adam_in_every_case(self, nesterov, eps_root):
+    self._assert_balanced_adam_equals_optax_adam(nesterov, eps_root)
+
+  def _assert_balanced_adam_equals_optax_adam(self, nesterov, eps_root):
     params = streams.nested_params()
     grads = streams.gradient_stream(params, 60, seed=4)
     lr = _schedule(1e-2)
@@ -122,9 +147,17 @@ class NesterovEpsRootTest(chex.TestCase):
     streams.assert_leafwise_close(got, want, rtol=1e-5)
     streams.assert_leafwise_close(got_state, want_state, rtol=1e-6)
 
+  @chex.variants(with_jit=True)
+  def test_balanced_adamw_equals_optax_adamw(self):
+    self._assert_balanced_adamw_equals_optax_adamw(nesterov=True, eps_root=1e-3)
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(nesterov=(False, True), eps_root=(0.0, 1e-3))
-  def test_balanced_adamw_equals_optax_adamw(self, nesterov, eps_root):
+  @pytest.mark.slow
+  def test_balanced_adamw_equals_optax_adamw_in_every_case(self, nesterov, eps_root):
+    self._assert_balanced_adamw_equals_optax_adamw(nesterov, eps_root)
+
+  def _assert_balanced_adamw_equals_optax_adamw(self, nesterov, eps_root):
     params = jax.tree.map(lambda x: x + 0.5, streams.nested_params())
     grads = streams.gradient_stream(params, 60, seed=5)
     kwargs = dict(eps=1e-8, eps_root=eps_root, weight_decay=0.1, nesterov=nesterov)

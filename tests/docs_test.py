@@ -1,4 +1,4 @@
-"""The API reference lists every public name (the docs build checks it too)."""
+"""The API reference (docs/api.rst) documents each public name once, and no other."""
 
 import pathlib
 import re

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from absl.testing import parameterized
 
 import balanced_optax as bo
@@ -35,9 +36,17 @@ class VarianceIdentityTest(chex.TestCase):
     if beta > 0:  # With no memory there is no variance part: s = 0.
       self.assertGreater(s.max(), 1.0)
 
+  @chex.variants(with_jit=True)
+  def test_estimators_reproduce_the_recursions_in_float64(self):
+    self._assert_estimators_reproduce_the_recursions(beta=0.9)
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters(0.5, 0.9, 0.999)
-  def test_estimators_reproduce_the_recursions_in_float64(self, beta):
+  @pytest.mark.slow
+  def test_estimators_reproduce_the_recursions_in_float64_in_every_case(self, beta):
+    self._assert_estimators_reproduce_the_recursions(beta)
+
+  def _assert_estimators_reproduce_the_recursions(self, beta):
     rng = np.random.default_rng(1)
     grads = rng.normal(1.0, 3.0, size=(120, 7))
     m, v, s = _paper_recursions(grads, beta)
@@ -157,11 +166,21 @@ def _update(path, grads, state, beta, eps):
 
 
 class ThreePathsTest(chex.TestCase):
+  @chex.variants(with_jit=True)
+  def test_composed_chains_equal_balanced_adam_and_optax(self):
+    self._assert_paths_equal_optax(beta=0.9, eps=1e-8, scale_is_eps=False)
+
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(
     beta=(0.0, 0.9, 0.999), eps=(1e-8, 1e-12), scale_is_eps=(False, True)
   )
-  def test_composed_chains_equal_balanced_adam_and_optax(self, beta, eps, scale_is_eps):
+  @pytest.mark.slow
+  def test_composed_chains_equal_balanced_adam_and_optax_in_every_case(
+    self, beta, eps, scale_is_eps
+  ):
+    self._assert_paths_equal_optax(beta, eps, scale_is_eps)
+
+  def _assert_paths_equal_optax(self, beta, eps, scale_is_eps):
     params = streams.nested_params()
     grads = streams.gradient_stream(
       params, STEPS, scale=eps if scale_is_eps else 1.0, seed=4

@@ -16,8 +16,6 @@ import nbformat
 import numpy as np
 import pytest
 
-from tests import subprocesses
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO / "notebooks"
 
@@ -136,7 +134,7 @@ NOTEBOOKS = [
 @pytest.mark.parametrize(
   ("name", "check", "env"), NOTEBOOKS, ids=[p.values[0] for p in NOTEBOOKS]
 )
-def test_notebook_runs_tiny(name, check, env, tmp_path):
+def test_notebook_runs_tiny(name, check, env, tmp_path, subprocess_env):
   notebook = nbformat.read(NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
   client = nbclient.NotebookClient(
     notebook,
@@ -145,8 +143,8 @@ def test_notebook_runs_tiny(name, check, env, tmp_path):
     resources={"metadata": {"path": str(tmp_path)}},
   )
   # The kernel imports this checkout even where balanced_optax is not
-  # installed (tests/subprocesses.py).
+  # installed (the root conftest's subprocess_env).
   # Raises CellExecutionError on the first failing cell.
-  client.execute(env=subprocesses.environ(NOTEBOOK_SIZE="tiny", **env))
+  client.execute(env=subprocess_env(NOTEBOOK_SIZE="tiny", **env))
   assert (tmp_path / f"{name}.png").stat().st_size > 0
   check(json.loads((tmp_path / f"{name}_results.json").read_text()))

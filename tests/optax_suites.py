@@ -17,14 +17,18 @@ Two rules keep a suite from passing by not running:
 * a skip that optax's code asks for fails the test instead; the only skips
   are the cases of :data:`SKIPS`, each a difference docs/guarantees.md states.
 
-``ShardingSuite`` needs 8 devices: ``tests/optax_suites_test.py`` runs it in a
-subprocess (``pytest tests/optax_suites.py``, a file the suite's own
-collection never picks up).
+:func:`alias_suite` and :func:`contrib_suite` build a suite over a set of
+paths, so that the fast tier (``-m "not slow"``) can run one path's cases and
+the full suite every path's. ``ShardingSuite`` needs 8 devices:
+``tests/optax_suites_test.py`` runs it in a subprocess (``pytest
+tests/optax_suites.py``, a file the suite's own collection never picks up).
 """
 
+import functools
 import importlib
 import os
 import re
+from collections.abc import Sequence
 from unittest import mock
 
 import jax
@@ -238,14 +242,20 @@ def _cases(**axes) -> list[dict]:
   return cases
 
 
-_OPTIMIZER_AXIS = {
-  name: {"opt_name": name, "opt_kwargs": kwargs}
-  for name, (_, kwargs) in OPTIMIZERS.items()
-}
-_CONTRIB_OPTIMIZER_AXIS = {
-  name: {**kwargs, "wrapper_name": None, "wrapper_kwargs": None}
-  for name, kwargs in _OPTIMIZER_AXIS.items()
-}
+def _optax_test(optax_test_class: type, name: str, cases: list[dict]):
+  """optax's test method ``name`` of ``optax_test_class``, once per case."""
+  return parameterized.named_parameters(*cases)(_method(optax_test_class, name))
+
+
+def _optimizer_axis(paths: Sequence[str]) -> dict:
+  return {name: {"opt_name": name, "opt_kwargs": OPTIMIZERS[name][1]} for name in paths}
+
+
+def _contrib_optimizer_axis(paths: Sequence[str]) -> dict:
+  return {
+    name: {**kwargs, "wrapper_name": None, "wrapper_kwargs": None}
+    for name, kwargs in _optimizer_axis(paths).items()
+  }
 
 
 def _dtype_axis(*dtypes) -> dict:
@@ -260,101 +270,112 @@ _ALL_DTYPES = (
   jnp.complex64,
   jnp.complex128,
 )
+# optax's test_explicit_dtype names its optimizers 'adam' and 'adamw': the
+# balanced path each one stands for.
+_EXPLICIT_DTYPE_PATHS = {"adam": "balanced_adam", "adamw": "balanced_adamw"}
 
 
-class AliasSuite(_Suite):
-  """optax's ``alias_test.AliasTest`` common tests (the LBFGS ones aside)."""
+def alias_suite(paths: Sequence[str]) -> type[_Suite]:
+  """optax's ``alias_test.AliasTest`` common tests (the LBFGS ones aside) on
+  the balanced ``paths``."""
+  optimizer = _optimizer_axis(paths)
+  test = functools.partial(_optax_test, alias_test.AliasTest)
 
-  _optax = alias_test.AliasTest
-
-  test_optimization = parameterized.named_parameters(
-    *_cases(
-      optimizer=_OPTIMIZER_AXIS,
-      target={
-        "parabola": {"target": alias_test._setup_parabola},
-        "rosenbrock": {"target": alias_test._setup_rosenbrock},
-      },
-      dtype=_dtype_axis(jnp.float32, jnp.complex64),
+  class AliasSuite(_Suite):
+    test_optimization = test(
+      "test_optimization",
+      _cases(
+        optimizer=optimizer,
+        target={
+          "parabola": {"target": alias_test._setup_parabola},
+          "rosenbrock": {"target": alias_test._setup_rosenbrock},
+        },
+        dtype=_dtype_axis(jnp.float32, jnp.complex64),
+      ),
     )
-  )(_method(_optax, "test_optimization"))
-
-  test_optimizers_accept_extra_args = parameterized.named_parameters(
-    *_cases(optimizer=_OPTIMIZER_AXIS)
-  )(_method(_optax, "test_optimizers_accept_extra_args"))
-
-  test_optimizers_can_be_wrapped_in_inject_hyperparams = parameterized.named_parameters(
-    *_cases(optimizer=_OPTIMIZER_AXIS)
-  )(_method(_optax, "test_optimizers_can_be_wrapped_in_inject_hyperparams"))
-
-  test_explicit_dtype = parameterized.named_parameters(
-    *_cases(
-      optimizer={name: {"opt_name": name} for name in _EXPLICIT_DTYPE},
-      params={
-        f"params_{d or 'default'}": {"params_dtype": d}
-        for d in ("bfloat16", "float32", "complex64", None)
-      },
-      state={
-        f"state_{d or 'default'}": {"state_dtype": d}
-        for d in ("bfloat16", "float32", "complex64", None)
-      },
+    test_optimizers_accept_extra_args = test(
+      "test_optimizers_accept_extra_args", _cases(optimizer=optimizer)
     )
-  )(_method(_optax, "test_explicit_dtype"))
-
-  test_preserve_dtype = parameterized.named_parameters(
-    *_cases(optimizer=_OPTIMIZER_AXIS, dtype=_dtype_axis("bfloat16", "float32"))
-  )(_method(_optax, "test_preserve_dtype"))
-
-  test_state_shape_dtype_shard_stability = parameterized.named_parameters(
-    *_cases(optimizer=_OPTIMIZER_AXIS, dtype=_dtype_axis(*_ALL_DTYPES))
-  )(_method(_optax, "test_state_shape_dtype_shard_stability"))
-
-  test_gradient_accumulation = parameterized.named_parameters(
-    *_cases(optimizer=_OPTIMIZER_AXIS, dtype=_dtype_axis("bfloat16", "float32"))
-  )(_method(_optax, "test_gradient_accumulation"))
-
-
-class ContribSuite(_Suite):
-  """optax's ``contrib/_common_test.ContribTest`` (its muon's tests), whose
-  targets include matrices (Muon's leaves) and mixed 1-D/2-D trees."""
-
-  _optax = contrib_common_test.ContribTest
-
-  test_optimizers_accept_extra_args = parameterized.named_parameters(
-    *_cases(optimizer=_CONTRIB_OPTIMIZER_AXIS, wrap={"": {"wrap": False}})
-  )(_method(_optax, "test_optimizers_accept_extra_args"))
-
-  test_optimizers = parameterized.named_parameters(
-    *_cases(
-      optimizer=_CONTRIB_OPTIMIZER_AXIS,
-      target={
-        "parabola": {"target": contrib_common_test._setup_parabola},
-        "rosenbrock": {"target": contrib_common_test._setup_rosenbrock},
-        "matrix": {"target": contrib_common_test._setup_matrix_parabola},
-        "mixed": {"target": contrib_common_test._setup_mixed_tensor_target},
-      },
-      dtype=_dtype_axis("float32"),
+    test_optimizers_can_be_wrapped_in_inject_hyperparams = test(
+      "test_optimizers_can_be_wrapped_in_inject_hyperparams",
+      _cases(optimizer=optimizer),
     )
-  )(_method(_optax, "test_optimizers"))
-
-  test_optimizers_can_be_wrapped_in_inject_hyperparams = parameterized.named_parameters(
-    *_cases(optimizer=_OPTIMIZER_AXIS)
-  )(_method(_optax, "test_optimizers_can_be_wrapped_in_inject_hyperparams"))
-
-  test_state_shape_dtype_shard_stability = parameterized.named_parameters(
-    *_cases(
-      optimizer=_CONTRIB_OPTIMIZER_AXIS,
-      dtype=_dtype_axis(jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64),
+    test_explicit_dtype = test(
+      "test_explicit_dtype",
+      _cases(
+        optimizer={
+          name: {"opt_name": name}
+          for name, path in _EXPLICIT_DTYPE_PATHS.items()
+          if path in paths
+        },
+        params={
+          f"params_{d or 'default'}": {"params_dtype": d}
+          for d in ("bfloat16", "float32", "complex64", None)
+        },
+        state={
+          f"state_{d or 'default'}": {"state_dtype": d}
+          for d in ("bfloat16", "float32", "complex64", None)
+        },
+      ),
     )
-  )(_method(_optax, "test_state_shape_dtype_shard_stability"))
-
-  test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such = (
-    parameterized.named_parameters(*_cases(optimizer=_CONTRIB_OPTIMIZER_AXIS))(
-      _method(
-        _optax,
-        "test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such",
-      )
+    test_preserve_dtype = test(
+      "test_preserve_dtype",
+      _cases(optimizer=optimizer, dtype=_dtype_axis("bfloat16", "float32")),
     )
-  )
+    test_state_shape_dtype_shard_stability = test(
+      "test_state_shape_dtype_shard_stability",
+      _cases(optimizer=optimizer, dtype=_dtype_axis(*_ALL_DTYPES)),
+    )
+    test_gradient_accumulation = test(
+      "test_gradient_accumulation",
+      _cases(optimizer=optimizer, dtype=_dtype_axis("bfloat16", "float32")),
+    )
+
+  return AliasSuite
+
+
+def contrib_suite(paths: Sequence[str]) -> type[_Suite]:
+  """optax's ``contrib/_common_test.ContribTest`` (its muon's tests) on the
+  balanced ``paths``; its targets include matrices (Muon's leaves) and mixed
+  1-D/2-D trees."""
+  optimizer = _contrib_optimizer_axis(paths)
+  test = functools.partial(_optax_test, contrib_common_test.ContribTest)
+
+  class ContribSuite(_Suite):
+    test_optimizers_accept_extra_args = test(
+      "test_optimizers_accept_extra_args",
+      _cases(optimizer=optimizer, wrap={"": {"wrap": False}}),
+    )
+    test_optimizers = test(
+      "test_optimizers",
+      _cases(
+        optimizer=optimizer,
+        target={
+          "parabola": {"target": contrib_common_test._setup_parabola},
+          "rosenbrock": {"target": contrib_common_test._setup_rosenbrock},
+          "matrix": {"target": contrib_common_test._setup_matrix_parabola},
+          "mixed": {"target": contrib_common_test._setup_mixed_tensor_target},
+        },
+        dtype=_dtype_axis("float32"),
+      ),
+    )
+    test_optimizers_can_be_wrapped_in_inject_hyperparams = test(
+      "test_optimizers_can_be_wrapped_in_inject_hyperparams",
+      _cases(optimizer=_optimizer_axis(paths)),
+    )
+    test_state_shape_dtype_shard_stability = test(
+      "test_state_shape_dtype_shard_stability",
+      _cases(
+        optimizer=optimizer,
+        dtype=_dtype_axis(jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64),
+      ),
+    )
+    test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such = test(
+      "test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such",
+      _cases(optimizer=optimizer),
+    )
+
+  return ContribSuite
 
 
 class Float64Suite(_Suite):
@@ -362,14 +383,16 @@ class Float64Suite(_Suite):
 
   _assert_dtype_equals = float64_test.Float64Test._assert_dtype_equals
 
-  test_mixed_dtype_input_outputs = parameterized.named_parameters(
-    *_cases(
+  test_mixed_dtype_input_outputs = _optax_test(
+    float64_test.Float64Test,
+    "test_mixed_dtype_input_outputs",
+    _cases(
       optimizer={
         name: {"transform_constr": factory, "transform_kwargs": kwargs}
         for name, (factory, kwargs) in OPTIMIZERS.items()
       }
-    ),
-    *_cases(
+    )
+    + _cases(
       transform={
         "scale_by_balanced_adam": {
           "transform_constr": bo.scale_by_balanced_adam,
@@ -377,14 +400,13 @@ class Float64Suite(_Suite):
         }
       }
     ),
-  )(_method(float64_test.Float64Test, "test_mixed_dtype_input_outputs"))
+  )
 
 
 class ShardingSuite(_Suite):
   """optax's ``sharding_test``: abstract init, and explicit sharding kept by
   init and update, eager and jitted. Needs 8 devices."""
 
-  _optax = sharding_test.ShardingTest
   _optimizers = _cases(
     optimizer={
       name: {"optimizer": factory(**kwargs)}
@@ -392,14 +414,16 @@ class ShardingSuite(_Suite):
     }
   )
 
-  test_init_with_abstract_input = parameterized.named_parameters(*_optimizers)(
-    _method(_optax, "test_init_with_abstract_input")
+  test_init_with_abstract_input = _optax_test(
+    sharding_test.ShardingTest, "test_init_with_abstract_input", _optimizers
   )
-
-  test_state_sharding_type_init_match_update = parameterized.named_parameters(
-    *_optimizers
-  )(_method(_optax, "test_state_sharding_type_init_match_update"))
-
-  test_state_sharding_type_preserved_with_jit = parameterized.named_parameters(
-    *_optimizers
-  )(_method(_optax, "test_state_sharding_type_preserved_with_jit"))
+  test_state_sharding_type_init_match_update = _optax_test(
+    sharding_test.ShardingTest,
+    "test_state_sharding_type_init_match_update",
+    _optimizers,
+  )
+  test_state_sharding_type_preserved_with_jit = _optax_test(
+    sharding_test.ShardingTest,
+    "test_state_sharding_type_preserved_with_jit",
+    _optimizers,
+  )

@@ -1,6 +1,7 @@
 """optax's own optimizer tests, run on every balanced path (see
 tests/optax_suites.py for how they are imported and what is skipped)."""
 
+import os
 import re
 import subprocess
 import sys
@@ -9,13 +10,27 @@ import unittest
 import jax
 import pytest
 
-from tests import optax_suites, subprocesses
+from tests import optax_suites
 
-AliasSuite = optax_suites.AliasSuite
-ContribSuite = optax_suites.ContribSuite
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The fast tier runs optax's alias and contrib tests on balanced_adam; the
+# full suite on every other path too.
+_FAST_PATHS = ("balanced_adam",)
+_OTHER_PATHS = tuple(p for p in optax_suites.OPTIMIZERS if p not in _FAST_PATHS)
+
+AliasSuite = optax_suites.alias_suite(_FAST_PATHS)
+ContribSuite = optax_suites.contrib_suite(_FAST_PATHS)
+AliasSuiteOtherPaths = pytest.mark.slow(optax_suites.alias_suite(_OTHER_PATHS))
+ContribSuiteOtherPaths = pytest.mark.slow(optax_suites.contrib_suite(_OTHER_PATHS))
 Float64Suite = optax_suites.Float64Suite
 
-_IN_PROCESS = (AliasSuite, ContribSuite, Float64Suite)
+_IN_PROCESS = (
+  AliasSuite,
+  AliasSuiteOtherPaths,
+  ContribSuite,
+  ContribSuiteOtherPaths,
+  Float64Suite,
+)
 
 
 def _case_names(suite: type) -> list[str]:
@@ -32,10 +47,15 @@ def test_every_skip_names_a_case_of_a_suite():
 
 
 def test_every_balanced_path_runs_in_every_suite():
-  for suite in (*_IN_PROCESS, optax_suites.ShardingSuite):
-    names = _case_names(suite)
+  for suites in (
+    (AliasSuite, AliasSuiteOtherPaths),
+    (ContribSuite, ContribSuiteOtherPaths),
+    (Float64Suite,),
+    (optax_suites.ShardingSuite,),
+  ):
+    names = [n for suite in suites for n in _case_names(suite)]
     for optimizer in optax_suites.OPTIMIZERS:
-      assert any(f"_{optimizer}" in n for n in names), (suite.__name__, optimizer)
+      assert any(f"_{optimizer}" in n for n in names), (suites[0].__name__, optimizer)
 
 
 def test_optax_version_gates_see_jax_as_a_version():
@@ -50,7 +70,7 @@ def test_optax_version_gates_see_jax_as_a_version():
 
 
 @pytest.mark.slow
-def test_sharding_suite_on_8_devices():
+def test_sharding_suite_on_8_devices(subprocess_env):
   names = _case_names(optax_suites.ShardingSuite)
   result = subprocess.run(
     [
@@ -63,10 +83,10 @@ def test_sharding_suite_on_8_devices():
       "no:cacheprovider",
       "tests/optax_suites.py::ShardingSuite",
     ],
-    env=subprocesses.environ(
+    env=subprocess_env(
       XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
     ),
-    cwd=subprocesses.ROOT,
+    cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=600,

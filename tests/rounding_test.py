@@ -9,7 +9,6 @@ import pytest
 
 import balanced_optax as bo
 from balanced_optax import _rounding
-from tests.subprocesses import run_on_8_devices
 
 
 def _quarter_ulp_up(dtype=jnp.float32):
@@ -101,7 +100,12 @@ def test_exact_values_special_values_and_other_dtypes_are_untouched():
 
 
 @pytest.mark.parametrize(
-  "make", [bo.scale_by_balanced_adam, bo.tied_moments, bo.variance_ema]
+  "make",
+  [
+    bo.scale_by_balanced_adam,
+    pytest.param(bo.tied_moments, marks=pytest.mark.slow),
+    pytest.param(bo.variance_ema, marks=pytest.mark.slow),
+  ],
 )
 def test_bfloat16_second_moment_tracks_float32_only_with_stochastic_rounding(make):
   # beta = 0.999: each step moves the EMA by ~1e-3 relative, under half a
@@ -178,7 +182,7 @@ _SHARDING_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_jit_shard_map_and_one_device_store_the_same_bfloat16_state():
+def test_jit_shard_map_and_one_device_store_the_same_bfloat16_state(run_on_8_devices):
   run_on_8_devices(_SHARDING_SCRIPT, "ROUNDING SHARDING OK")
 
 

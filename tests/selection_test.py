@@ -11,7 +11,6 @@ import pytest
 
 import balanced_optax as bo
 from balanced_optax import _probes, selection
-from tests.subprocesses import run_on_8_devices
 
 SELECTION_GRID = (
   0.68377, 0.82217, 0.9, 0.94377, 0.96838, 0.98222, 0.99, 0.99438, 0.99684,
@@ -391,20 +390,28 @@ def test_defaults_on_linear_regression():
   assert np.abs(sel.pilot_params["w"] - w_true).max() < 0.5
 
 
-def test_select_beta_measures_known_noise_and_drift():
-  # The sign model again, as a gradient stream (grad_fn returns the batch):
-  # the direction drifts linearly in time with known V and D.
-  n, m = (400, 300), 64
+_DRIFT_PROBES, _DRIFT_LAG = 64, 100
+
+
+def _random_signs(r, mean):
+  """+-1 with mean ``mean``, drawn from the generator ``r``."""
+  return np.where(r.random(mean.shape) < (1 + mean) / 2, 1.0, -1.0)
+
+
+def _select_on_drifting_signs(sample_leaf, dtype):
+  """``(selection, drift)``: select_beta on a gradient stream (grad_fn
+  returns the batch) whose leaves have the mean ``(t - 150) * drift`` at step
+  t (|mean| <= 0.45): the sign model again, so the direction drifts linearly
+  in time with known V and D. ``sample_leaf(r, mean)`` draws one leaf."""
+  n, m = (400, 300), _DRIFT_PROBES
   rng = np.random.default_rng(4)
   drift = {k: rng.choice([-1, 1], s) * 0.003 for k, s in zip("ab", n, strict=True)}
-  params = {k: np.zeros(s, np.float32) for k, s in zip("ab", n, strict=True)}
+  params = {k: np.zeros(s, dtype) for k, s in zip("ab", n, strict=True)}
   checkpoints = (100, 150, 180, 200)
 
   def sample(t, seed):
     r = np.random.default_rng(seed)
-    mean = {k: (t - 150) * d for k, d in drift.items()}  # |mean| <= 0.45
-    return {k: np.where(r.random(mu.shape) < (1 + mu) / 2, 1.0, -1.0).astype(np.float32)
-            for k, mu in mean.items()}  # fmt: skip
+    return {k: sample_leaf(r, (t - 150) * d).astype(dtype) for k, d in drift.items()}
 
   sel = bo.select_beta(
     lambda beta: optax.sgd(0.0),
@@ -415,13 +422,25 @@ def test_select_beta_measures_known_noise_and_drift():
     num_probes=m,
     grid=None,
   )
-  v_true = sum(np.mean(1 - (50 * d) ** 2) for d in drift.values())
-  d_true = sum(np.mean(d**2) for d in drift.values())
-  target = d_true + 2 * v_true / (m * 100**2)  # D^ = I + C/L^2 keeps C/L^2
+  return sel, drift
+
+
+def _assert_measured(sel, v_true, d_true):
+  """Asserts that the selection found V and D, and the change at the lags
+  D^ = D + C/L^2, which keeps the noise's C/L^2 = 2V / (m L^2); returns D^."""
   np.testing.assert_allclose(sel.noise, v_true, rtol=0.1)
   np.testing.assert_allclose(sel.lag_intercept, d_true, rtol=0.3)
-  np.testing.assert_allclose(sel.change, target, rtol=0.2)
-  want = bo.beta_from_noise_and_lag(v_true, target, grid=None)
+  change = d_true + 2 * v_true / (_DRIFT_PROBES * _DRIFT_LAG**2)
+  np.testing.assert_allclose(sel.change, change, rtol=0.2)
+  return change
+
+
+def test_select_beta_measures_known_noise_and_drift():
+  sel, drift = _select_on_drifting_signs(_random_signs, np.float32)
+  v_true = sum(np.mean(1 - (50 * d) ** 2) for d in drift.values())
+  d_true = sum(np.mean(d**2) for d in drift.values())
+  change = _assert_measured(sel, v_true, d_true)
+  want = bo.beta_from_noise_and_lag(v_true, change, grid=None)
   np.testing.assert_allclose(sel.horizon, 1 / (1 - want), rtol=0.1)
 
 
@@ -591,34 +610,15 @@ def test_complex_params_measure_the_complex_direction():
   the direction mean(g) / sqrt(2) is linear and V, D are known:
   V = sum_p mean((1 - mu^2) + (1 - 0.8^2)) / 2, D = sum_p mean(drift^2) / 2.
   The real part alone gave V 49% high."""
-  n, m = (400, 300), 64
-  rng = np.random.default_rng(4)
-  drift = {k: rng.choice([-1, 1], s) * 0.003 for k, s in zip("ab", n, strict=True)}
-  params = {k: np.zeros(s, np.complex64) for k, s in zip("ab", n, strict=True)}
-  checkpoints = (100, 150, 180, 200)
-
-  def sample(t, seed):
-    r = np.random.default_rng(seed)
-    sign = lambda mean: np.where(r.random(mean.shape) < (1 + mean) / 2, 1.0, -1.0)
-    return {
-      k: (sign((t - 150) * d) + 1j * sign(np.full(d.shape, 0.8))).astype(np.complex64)
-      for k, d in drift.items()
-    }
-
-  sel = bo.select_beta(
-    lambda beta: optax.sgd(0.0),
-    lambda p, b: b,
-    lambda k: sample(k, k),
-    params,
-    probe_batch=lambda i: sample(checkpoints[i // m], 10**6 + i),
-    num_probes=m,
-    grid=None,
+  sel, drift = _select_on_drifting_signs(
+    lambda r, mean: (
+      _random_signs(r, mean) + 1j * _random_signs(r, np.full(mean.shape, 0.8))
+    ),
+    np.complex64,
   )
   v_true = sum(np.mean(2 - (50 * d) ** 2 - 0.8**2) / 2 for d in drift.values())
   d_true = sum(np.mean(d**2) / 2 for d in drift.values())
-  np.testing.assert_allclose(sel.noise, v_true, rtol=0.1)
-  np.testing.assert_allclose(sel.lag_intercept, d_true, rtol=0.3)
-  np.testing.assert_allclose(sel.change, d_true + 2 * v_true / (m * 100**2), rtol=0.2)
+  _assert_measured(sel, v_true, d_true)
 
 
 def test_multi_steps_is_measured_in_optimizer_updates(mlp_run):
@@ -700,5 +700,5 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_fsdp_sharded_params_on_8_devices():
+def test_fsdp_sharded_params_on_8_devices(run_on_8_devices):
   run_on_8_devices(_SHARDED_SCRIPT, "SHARDED OK")

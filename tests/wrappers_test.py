@@ -12,7 +12,6 @@ from absl.testing import parameterized
 
 import balanced_optax as bo
 from tests import streams
-from tests.subprocesses import run_on_8_devices
 
 INJECTABLE = {
   "balanced_adam": bo.balanced_adam,
@@ -174,7 +173,7 @@ _SHARDING_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_state_follows_the_params_named_sharding_on_8_devices():
+def test_state_follows_the_params_named_sharding_on_8_devices(run_on_8_devices):
   run_on_8_devices(_SHARDING_SCRIPT, "SHARDING OK")
 
 

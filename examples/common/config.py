@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import balanced_optax
+from balanced_optax import _checks
 
 OPTIMIZERS = ("balanced_adam", "adam", "signum", "rmsprop", "sgd")
 # What ``beta`` may be besides a float in [0, 1).
@@ -63,18 +64,15 @@ def check_number(
   low_open: bool = False,
   high_open: bool = False,
 ) -> None:
-  """ConfigError unless ``value`` is a real number in the interval (NaN never is;
-  an infinite end is open)."""
-  high_open = high_open or math.isinf(high)
-  interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-  inside = (
-    isinstance(value, int | float)
-    and not isinstance(value, bool)
-    and (value > low if low_open else value >= low)
-    and (value < high if high_open else value <= high)
-  )
-  if not inside:
-    raise ConfigError(f"config.{field} must be a number in {interval}, got {value!r}")
+  """ConfigError unless ``value`` is a real scalar in the interval: balanced_optax's
+  own check of a scalar hyperparameter (NaN never lies in an interval; an
+  infinite end is open), its message naming the field."""
+  try:
+    _checks.check_interval(
+      field, value, low, high, low_open=low_open, high_open=high_open
+    )
+  except ValueError as error:
+    raise ConfigError(f"config.{error}") from None
 
 
 def check_choice(field: str, value: Any, choices: Sequence[Any]) -> None:

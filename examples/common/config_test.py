@@ -115,12 +115,22 @@ BAD_FIELDS = [
   (
     "final_lr_fraction",
     1.5,
-    "config.final_lr_fraction must be a number in [0, 1], got 1.5",
+    "config.final_lr_fraction must be in [0, 1], got 1.5.",
   ),
   (
     "final_lr_fraction",
     float("nan"),
-    "config.final_lr_fraction must be a number in [0, 1], got nan",
+    "config.final_lr_fraction must be in [0, 1], got nan.",
+  ),
+  (
+    "final_lr_fraction",
+    "0.5",
+    "config.final_lr_fraction must be a number in [0, 1], got '0.5' (str).",
+  ),
+  (
+    "final_lr_fraction",
+    [0.5],
+    "config.final_lr_fraction must be a scalar, got shape (1,).",
   ),
   ("beta", 1.5, "config.beta must be in [0.0, 1.0), got 1.5."),
   ("beta", 1, "config.beta must be in [0.0, 1.0), got 1."),  # 1 is beta = 1.0
@@ -185,7 +195,7 @@ BAD_FIELDS = [
   (
     "grad_clip_norm",
     -1.0,
-    "config.grad_clip_norm must be a number in [0, inf), got -1.0",
+    "config.grad_clip_norm must be in [0, inf), got -1.0.",
   ),
   ("log_every", 0, "config.log_every must be an integer >= 1, got 0"),
   ("eval_every", 0, "config.eval_every must be an integer >= 1, got 0"),

@@ -14,8 +14,8 @@ from examples.gpt.configs import default, tiny
 
 # A bad value of each GPT field, and its whole message (tiny: d_model 32).
 BAD_FIELDS = [
-  ("val_fraction", 0.0, "config.val_fraction must be a number in (0, 1), got 0.0"),
-  ("val_fraction", 1.0, "config.val_fraction must be a number in (0, 1), got 1.0"),
+  ("val_fraction", 0.0, "config.val_fraction must be in (0, 1), got 0.0."),
+  ("val_fraction", 1.0, "config.val_fraction must be in (0, 1), got 1.0."),
   ("block_size", 0, "config.block_size must be an integer >= 1, got 0"),
   ("d_model", 0, "config.d_model must be an integer >= 1, got 0"),
   ("num_layers", -1, "config.num_layers must be an integer >= 0, got -1"),
@@ -27,7 +27,7 @@ BAD_FIELDS = [
   (
     "sample_temperature",
     0.0,
-    "config.sample_temperature must be a number in (0, inf), got 0.0",
+    "config.sample_temperature must be in (0, inf), got 0.0.",
   ),
   ("sample_prompt", None, "config.sample_prompt must be a str, got None"),
 ]
