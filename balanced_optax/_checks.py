@@ -100,7 +100,7 @@ def integer(name: str, value: Any, low: int) -> int:
 
 
 # A range written with rounded grid values (0.68377 for 1 - 10**-0.5 =
-# 0.6837722...) still holds the grid value it names.
+# 0.6837722..., a user's exact grid) still holds the grid value it names.
 GRID_RANGE_TOLERANCE = 1e-5
 
 

@@ -30,7 +30,9 @@ class BetaSelection(NamedTuple):
       ``grid=None``).
     beta_continuous: :math:`1 - 1/H` before snapping.
     noise: :math:`\hat V`, the sketched direction's noise per gradient.
-    change: :math:`\hat D = I + C/L^2`, its squared change per update.
+    change: the change per update the rule used: :math:`\hat D = I + C/L^2`
+      (``change_estimate="published"``), :math:`\max(\tilde D, 2\sigma)`
+      (``"noise_corrected"``), 0 when nothing changed (see ``pilot_moved``).
     lag_intercept: :math:`I` of the fit :math:`y_n \approx I + C/n^2`.
     lag_slope: :math:`C` of that fit.
     lags: the lags :math:`n`, in updates.
@@ -43,8 +45,29 @@ class BetaSelection(NamedTuple):
       (micro-batches under gradient accumulation).
     seconds: wall time of the whole selection (pilot, probes, compilation).
     skipped_probes: the probes left out for a non-finite gradient.
+    change_estimate: ``"published"`` or ``"noise_corrected"``.
+    corrected_change: :math:`\tilde D`, the change without the probe noise
+      (may be negative; computed whatever ``change_estimate``).
+    corrected_change_stderr: :math:`\sigma`, its standard error at zero
+      drift.
+    corrected_lag_changes: :math:`\tilde D` of each lag alone.
+    noise_share: the share of :math:`\hat D` that the probe-noise term
+      :math:`2\hat V/(mL^2)` explains, in [0, 1].
+    intercept_clipped: whether the fit's :math:`I` was negative (set to 0).
+    horizon_ceiling: :math:`(mL^2/8)^{1/3}`, the :math:`H` of
+      :math:`\hat D` when it is all probe noise: the published estimator's
+      ceiling.
+    beta_ceiling: the beta chosen at that ceiling (clipped and snapped as
+      ``beta``).
+    pilot_moved: whether the parameters moved over the lags.
+    design_limited: whether ``beta`` is set by the probe design (or by a
+      model that did not move) rather than measured from the workload.
+    design_reason: why, or ``""``.
     pilot_params: parameters after the pilot's updates
       (``sel._replace(pilot_params=None)`` frees them).
+
+  Records saved before a field existed load with its default (None for a
+  number: not measured).
   """
 
   beta: float
@@ -62,28 +85,43 @@ class BetaSelection(NamedTuple):
   gradient_evaluations: int
   seconds: float
   skipped_probes: tuple[int, ...] = ()
+  change_estimate: str = "published"
+  corrected_change: float | None = None
+  corrected_change_stderr: float | None = None
+  corrected_lag_changes: tuple[float, ...] = ()
+  noise_share: float | None = None
+  intercept_clipped: bool = False
+  horizon_ceiling: float | None = None
+  beta_ceiling: float | None = None
+  pilot_moved: bool = True
+  design_limited: bool = False
+  design_reason: str = ""
   pilot_params: Any = None
 
   def as_dict(self) -> dict[str, Any]:
     """The scalar fields as plain Python values (JSON-ready; no params)."""
     d = self._asdict()
     d.pop("pilot_params")
-    for name in ("lags", "lag_changes", "skipped_probes"):
+    for name in ("lags", "lag_changes", "skipped_probes", "corrected_lag_changes"):
       d[name] = list(d[name])
     return d
 
   def report(self) -> str:
     """One line for a training log."""
     skipped = len(self.skipped_probes)
+    corrected = self.change_estimate == "noise_corrected"
+    share = self.noise_share
     return (
       f"beta={self.beta:.5f} (continuous {self.beta_continuous:.5f},"
       f" H={self.horizon:.1f}) from noise V={self.noise:.4g},"
-      f" change D={self.change:.4g} (I={self.lag_intercept:.4g},"
-      f" C={self.lag_slope:.4g}, lags {list(self.lags)});"
-      f" pilot {self.pilot_steps} updates at beta={self.pilot_beta:g},"
+      f" {'noise-corrected ' if corrected else ''}change D={self.change:.4g}"
+      f" (I={self.lag_intercept:.4g}, C={self.lag_slope:.4g}, lags {list(self.lags)}"
+      + (f"; {share:.0%} of I + C/L^2 is probe noise" if share is not None else "")
+      + f"); pilot {self.pilot_steps} updates at beta={self.pilot_beta:g},"
       f" {self.gradient_evaluations} gradients"
       + (f" ({skipped} non-finite probes skipped)" if skipped else "")
       + f", {self.seconds:.1f} s"
+      + (f"; DESIGN-LIMITED: {self.design_reason}" if self.design_limited else "")
     )
 
 
@@ -112,7 +150,66 @@ def _lag_fit(lags: np.ndarray, y: np.ndarray) -> tuple[float, float]:
   return float(intercept), float(slope)
 
 
+def _real(x: np.ndarray) -> np.ndarray:
+  """A complex sketch as a real one of twice the length: Re<u, v> = u . v."""
+  return np.concatenate([x.real, x.imag], axis=-1) if np.iscomplexobj(x) else x
+
+
+class _CorrectedChange(NamedTuple):
+  change: float  # D~ = sum_n n^2 U_n / sum_n n^4
+  stderr: float  # its standard error at zero drift
+  lag_changes: tuple[float, ...]  # U_n / n^2
+
+
+def _corrected_change(
+  sketches: dict[int, _probes.Sketches], pilot_steps: int, lags: tuple[int, ...]
+) -> _CorrectedChange:
+  """The change without probe noise, from the groups' sketches.
+
+  U_n = mean over groups j != k of d_j . d_k, d_j = z^(j)_T - z^(j)_{T-n}:
+  distinct groups hold independent probes, so E U_n = |E z_T - E z_{T-n}|^2
+  with no noise term, whatever V and the group sizes. D~ is the least-squares
+  fit U_n ~ D n^2. Its variance at zero drift is tr(Sigma_1^2) (Sigma_1: the
+  noise covariance of one gradient's sketch) times the groups' weights;
+  tr(Sigma_1^2) = E (e . e')^2 for independent deviations e = z^(j) - z of
+  covariance Sigma_1 (1/n_j - 1/N), found at distinct checkpoints.
+  """
+  end = sketches[pilot_steps]
+  num_groups = len(end.sizes)
+  n = np.asarray(lags, np.float64)
+  u = np.empty(len(lags))
+  for i, lag in enumerate(lags):
+    d = _real(end.groups - sketches[pilot_steps - lag].groups)
+    total = d.sum(axis=0)
+    u[i] = (total @ total - np.sum(d * d)) / (num_groups * (num_groups - 1))
+  w = n**2 / np.sum(n**4)
+  unit = [
+    _real(s.groups - s.z) / np.sqrt(1 / s.sizes - 1 / s.sizes.sum())[:, None]
+    for _, s in sorted(sketches.items())
+  ]
+  trace = np.mean([(a @ b.T) ** 2 for i, a in enumerate(unit) for b in unit[i + 1 :]])
+  # Pair (j, k) at lag n: noise (a_j + b_nj)(a_k + b_nk); two lags share a_j a_k.
+  a = 1 / end.sizes
+  b = np.stack([1 / sketches[pilot_steps - lag].sizes for lag in lags])
+  j, k = np.triu_indices(num_groups, 1)
+  same = np.sum((a[j] + b[:, j]) * (a[k] + b[:, k]), axis=1)
+  shared = np.sum(a[j] * a[k])
+  weights = w**2 @ same + (np.sum(w) ** 2 - np.sum(w**2)) * shared
+  variance = (2 / (num_groups * (num_groups - 1))) ** 2 * trace * weights
+  return _CorrectedChange(
+    change=float(w @ u),
+    stderr=float(np.sqrt(variance)),
+    lag_changes=tuple(float(x) for x in u / n**2),
+  )
+
+
 # --- select_beta: checks, the pilot, the estimate, the selection --------------
+
+_CHANGE_ESTIMATES = ("published", "noise_corrected")
+# The change counts as resolved above this many standard errors of D~.
+_RESOLVED = 2.0
+# Above this share of probe noise in D^, H is the design's, not the workload's.
+_NOISE_SHARE_LIMIT = 0.5
 
 
 class _Settings(NamedTuple):
@@ -125,6 +222,7 @@ class _Settings(NamedTuple):
   sketch_dim: int
   beta_range: tuple[float, float]
   seed: int
+  change_estimate: str
 
 
 class _Pilot(NamedTuple):
@@ -135,6 +233,7 @@ class _Pilot(NamedTuple):
   gradient_evaluations: int
   skipped_probes: tuple[int, ...]
   seconds: float
+  moved: bool  # the parameters changed over the lags
 
 
 class _Measurement(NamedTuple):
@@ -145,6 +244,10 @@ class _Measurement(NamedTuple):
   lag_intercept: float
   lag_slope: float
   lag_changes: tuple[float, ...]
+  intercept_clipped: bool
+  probe_noise: float  # the endpoint-noise term of D^, V (1/N_T + 1/N_{T-L}) / L^2
+  ceiling: float  # the H of D^ = probe_noise, (L^2 / (4 (1/N_T + 1/N_{T-L})))^(1/3)
+  corrected: _CorrectedChange
 
 
 def _check_arguments(
@@ -164,6 +267,7 @@ def _check_arguments(
   beta_range: Any,
   grid: Any,
   seed: Any,
+  change_estimate: Any,
 ) -> _Settings:
   """select_beta's arguments, checked before anything runs."""
   if isinstance(make_optimizer, optax.GradientTransformation) or not callable(
@@ -204,6 +308,10 @@ def _check_arguments(
   if grid is not None:
     _checks.grid_in_range("grid", grid, low, high)
   seed = _checks.integer("seed", seed, 0)
+  if not isinstance(change_estimate, str) or change_estimate not in _CHANGE_ESTIMATES:
+    raise ValueError(
+      f"change_estimate must be one of {_CHANGE_ESTIMATES}, got {change_estimate!r}."
+    )
   if not sum(jnp.size(x) for x in jax.tree.leaves(params)):
     raise ValueError(
       "params hold no coordinates: there is no direction whose noise and"
@@ -217,6 +325,7 @@ def _check_arguments(
     sketch_dim=sketch_dim,
     beta_range=(low, high),
     seed=seed,
+    change_estimate=change_estimate,
   )
 
 
@@ -247,19 +356,21 @@ def _counts(opt_state: Any) -> tuple[int, int]:
 def _one_update(train_step, params, opt_state, train_batch, used: int):
   """One optimizer update: one batch, or as many as optax.MultiSteps takes.
 
-  Returns the new params and state, the batches used so far and the
-  micro-batches the update averaged.
+  Returns the new params and state, the batches used so far, the
+  micro-batches the update averaged and whether the params moved (on device).
   """
   if _accumulation(opt_state) is None:
-    params, opt_state = train_step(params, opt_state, train_batch(used))
-    return params, opt_state, used + 1, 1
+    params, opt_state, moved = train_step(params, opt_state, train_batch(used))
+    return params, opt_state, used + 1, 1, moved
   mini, updates = _counts(opt_state)
+  moved = jnp.array(False)
   for _ in range(_MAX_MICRO_BATCHES):
-    params, opt_state = train_step(params, opt_state, train_batch(used))
+    params, opt_state, step_moved = train_step(params, opt_state, train_batch(used))
+    moved = moved | step_moved
     used += 1
     new_mini, new_updates = _counts(opt_state)
     if new_updates > updates:
-      return params, opt_state, used, mini + 1
+      return params, opt_state, used, mini + 1, moved
     mini = new_mini
   raise ValueError(
     f"optax.MultiSteps made no update in {_MAX_MICRO_BATCHES} micro-batches"
@@ -324,7 +435,9 @@ def _run_pilot(
     grads = grad_fn(params, batch)
     _probes.check_gradients(grads, params)  # Traced: before the first update.
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    new_params = optax.apply_updates(params, updates)
+    moved = jax.tree.map(lambda x, y: jnp.any(x != y), new_params, params)
+    return new_params, opt_state, jnp.any(jnp.stack(jax.tree.leaves(moved)))
 
   train_step = jax.jit(step, donate_argnums=(0, 1))
   probe = _probes.Probe(
@@ -341,9 +454,10 @@ def _run_pilot(
   # The caller keeps params: the pilot donates its own copy.
   params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
   opt_state = tx.init(params)
-  sketches, skipped = {}, []
+  sketches, skipped, moved = {}, [], []
   used = drawn = probes = 0  # training batches, probe batches, probes
   micro = 1  # micro-batches per update (optax.MultiSteps)
+  first_checkpoint = min(checkpoints)
   for update in range(settings.pilot_steps + 1):
     if update in checkpoints:
       if probe_batch is None:
@@ -359,9 +473,11 @@ def _run_pilot(
       sketches[update] = sketch
       drawn, probes = drawn + len(ids), probes + settings.num_probes
     if update < settings.pilot_steps:
-      params, opt_state, used, micro = _one_update(
+      params, opt_state, used, micro, update_moved = _one_update(
         train_step, params, opt_state, train_batch, used
       )
+      if update >= first_checkpoint:
+        moved.append(update_moved)
   params = jax.block_until_ready(params)
   if skipped:
     _warn_skipped(skipped)
@@ -371,6 +487,7 @@ def _run_pilot(
     gradient_evaluations=used + drawn,
     skipped_probes=tuple(i for _, i in skipped),
     seconds=time.perf_counter() - start,
+    moved=bool(np.any(jax.device_get(moved))),
   )
 
 
@@ -378,20 +495,64 @@ def _estimate(
   sketches: dict[int, _probes.Sketches], pilot_steps: int, lags: tuple[int, ...]
 ) -> _Measurement:
   """V from the groups at the last checkpoint, D from the pooled sketches' lags."""
-  end = sketches[pilot_steps]
+  end, start = sketches[pilot_steps], sketches[pilot_steps - lags[-1]]
   noise = _noise_estimate(end.z, end.groups, end.sizes)
   y = np.array(
     [_squared_norm(end.z - sketches[pilot_steps - n].z) / n**2 for n in lags]
   )
-  intercept, slope = _lag_fit(np.asarray(lags), y)
-  intercept, slope = max(intercept, 0.0), max(slope, 0.0)
+  raw_intercept, raw_slope = _lag_fit(np.asarray(lags), y)
+  intercept, slope = max(raw_intercept, 0.0), max(raw_slope, 0.0)
+  # Each pooled z carries noise V / N of its N probes: y_L carries it twice.
+  inverse_probes = 1 / end.sizes.sum() + 1 / start.sizes.sum()
   return _Measurement(
     noise=noise,
     change=float(intercept + slope / lags[-1] ** 2),
     lag_intercept=intercept,
     lag_slope=slope,
     lag_changes=tuple(float(v) for v in y),
+    intercept_clipped=bool(raw_intercept < 0),
+    probe_noise=float(noise * inverse_probes / lags[-1] ** 2),
+    ceiling=float(np.cbrt(lags[-1] ** 2 / (4 * inverse_probes))),
+    corrected=_corrected_change(sketches, pilot_steps, lags),
   )
+
+
+def _limits(
+  measured: _Measurement, moved: bool, change_estimate: str
+) -> tuple[float, list[str]]:
+  """The change the rule uses, and why the design rather than the workload
+  sets it (no reason: measured)."""
+  corrected = measured.corrected
+  resolution = _RESOLVED * corrected.stderr
+  resolved = corrected.change > resolution
+  share = _noise_share(measured)
+  reasons = []
+  if not moved:
+    reasons.append(
+      "the pilot's parameters did not move over the lags (a learning rate of 0?)"
+    )
+  if not resolved:
+    reasons.append(
+      f"the change is not resolved above the probe noise (noise-corrected"
+      f" D = {corrected.change:.3g} <= {_RESOLVED:g} standard errors ="
+      f" {resolution:.3g})"
+    )
+  if change_estimate == "published" and share >= _NOISE_SHARE_LIMIT:
+    reasons.append(
+      f"{share:.0%} of D = I + C/L^2 is the probe-noise term 2V/(m L^2), which"
+      f" caps H at (m L^2 / 8)^(1/3) = {measured.ceiling:.1f}"
+    )
+  if not (moved or resolved):
+    return 0.0, reasons  # Nothing changes: D = 0.
+  if change_estimate == "published":
+    return measured.change, reasons
+  return max(corrected.change, resolution), reasons
+
+
+def _noise_share(measured: _Measurement) -> float:
+  if measured.change <= 0:
+    return 1.0
+  return min(1.0, measured.probe_noise / measured.change)
 
 
 def _selection(
@@ -403,15 +564,17 @@ def _selection(
   grid: Sequence[float] | np.ndarray | None,
 ) -> BetaSelection:
   """The memory the measurement asks for, with everything that led to it."""
-  rule = lambda candidates: beta_from_noise_and_lag(
-    measured.noise, measured.change, beta_range=settings.beta_range, grid=candidates
+  change, reasons = _limits(measured, pilot.moved, settings.change_estimate)
+  rule = lambda change, candidates: beta_from_noise_and_lag(
+    measured.noise, change, beta_range=settings.beta_range, grid=candidates
   )
-  beta_continuous = rule(None)
+  beta_continuous = rule(change, None)
+  corrected = measured.corrected
   return BetaSelection(
-    beta=float(beta_continuous if grid is None else rule(grid)),
+    beta=float(beta_continuous if grid is None else rule(change, grid)),
     beta_continuous=float(beta_continuous),
     noise=measured.noise,
-    change=measured.change,
+    change=float(change),
     lag_intercept=measured.lag_intercept,
     lag_slope=measured.lag_slope,
     lags=settings.lags,
@@ -423,6 +586,17 @@ def _selection(
     gradient_evaluations=pilot.gradient_evaluations,
     seconds=pilot.seconds,
     skipped_probes=pilot.skipped_probes,
+    change_estimate=settings.change_estimate,
+    corrected_change=corrected.change,
+    corrected_change_stderr=corrected.stderr,
+    corrected_lag_changes=corrected.lag_changes,
+    noise_share=_noise_share(measured),
+    intercept_clipped=measured.intercept_clipped,
+    horizon_ceiling=measured.ceiling,
+    beta_ceiling=float(rule(measured.probe_noise, grid)),
+    pilot_moved=pilot.moved,
+    design_limited=bool(reasons),
+    design_reason="; ".join(reasons),
     pilot_params=pilot.params,
   )
 
@@ -444,6 +618,7 @@ def select_beta(
   beta_range: tuple[float, float] = (0.68377, 0.999),
   grid: Sequence[float] | np.ndarray | None = BETA_GRID,
   seed: int = 0,
+  change_estimate: str = "published",
 ) -> BetaSelection:
   r"""[FH26c]'s early memory selection: measure noise and lag, choose beta.
 
@@ -461,6 +636,14 @@ def select_beta(
 
   with :math:`L` the largest lag, and :math:`\beta` =
   :func:`~balanced_optax.beta_from_noise_and_lag` of :math:`(\hat V, \hat D)`.
+  :math:`\hat D` keeps the probe noise :math:`2\hat V/(mL^2)`, which caps
+  :math:`H` at :math:`(mL^2/8)^{1/3}`; ``change_estimate="noise_corrected"``
+  uses :math:`\tilde D`, measured without it from the changes of independent
+  groups of probes. A choice set by the design rather than the workload (a
+  change not resolved above the probe noise, probe noise above half of
+  :math:`\hat D`, parameters that did not move) is flagged
+  ``design_limited`` with a ``RuntimeWarning``; where nothing moved nor
+  changed, :math:`D = 0`.
   Training then starts from ``params`` with ``make_optimizer(selection.beta)``.
   It costs :math:`T_p + m(\#\text{lags} + 1)` gradients, 264 by default.
   Non-finite probe gradients are skipped (``skipped_probes``, a warning); under
@@ -490,6 +673,8 @@ def select_beta(
     grid: memories to snap to (restricted to ``beta_range`` as in
       :func:`~balanced_optax.beta_from_noise_and_lag`), or None.
     seed: fixes the sketch's buckets and signs.
+    change_estimate: ``"published"`` ([FH26c]'s :math:`\hat D`) or
+      ``"noise_corrected"`` (:math:`\tilde D`, without the probe noise).
 
   Returns:
     A :class:`BetaSelection`.
@@ -513,6 +698,8 @@ def select_beta(
     ... )
     >>> print(sel.gradient_evaluations, sel.beta in bo.BETA_GRID)
     104 True
+    >>> print(round(sel.horizon_ceiling, 2))  # (m L^2 / 8)^(1/3): D^'s ceiling
+    9.28
 
   References:
     [FH26c] Fernandez-Hernandez, Perez-Corral, Dolz, Mestre, Quintana-Orti,
@@ -534,6 +721,7 @@ def select_beta(
     beta_range=beta_range,
     grid=grid,
     seed=seed,
+    change_estimate=change_estimate,
   )
   pilot = _run_pilot(
     make_optimizer,
@@ -546,4 +734,18 @@ def select_beta(
     eps=eps,
   )
   measured = _estimate(pilot.sketches, settings.pilot_steps, settings.lags)
-  return _selection(measured, pilot, settings, pilot_beta=pilot_beta, grid=grid)
+  selection = _selection(measured, pilot, settings, pilot_beta=pilot_beta, grid=grid)
+  if selection.design_limited:
+    advice = (
+      "Longer lags or more probes resolve longer memories"
+      if selection.pilot_moved
+      else "Check the learning rate"
+    )
+    warnings.warn(
+      f"select_beta: beta={selection.beta:.5g} is set by the probe design, not"
+      f" measured from the workload: {selection.design_reason}. {advice}"
+      " (docs/choosing_beta.md).",
+      RuntimeWarning,
+      stacklevel=2,
+    )
+  return selection

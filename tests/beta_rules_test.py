@@ -150,17 +150,37 @@ class TestFH26bSelections:
     continuous = beta_rules.beta_from_refresh(t_es)
     assert np.sum(np.round(continuous, 3) != published) == 6
 
-  def test_published_rounded_grid_selects_the_same_points(self):
+  def test_the_exact_lattice_selects_the_same_points_on_the_11_runs(self):
     t_es = np.array([t for t, _ in self.RUNS])
-    exact = beta_rules.beta_from_refresh(t_es, grid=beta_rules.BETA_GRID)
-    rounded = beta_rules.beta_from_refresh(t_es, grid=TestGrid.PUBLISHED)
-    np.testing.assert_array_equal(np.round(exact, 5), rounded)
+    published = beta_rules.beta_from_refresh(t_es, grid=beta_rules.BETA_GRID)
+    exact = beta_rules.beta_from_refresh(t_es, grid=TestGrid.EXACT)
+    np.testing.assert_array_equal(np.round(exact, 5), published)
 
   def test_40000_is_the_closest_call(self):
-    """0.975 lies 3e-4 below the midpoint of 0.96838 and 0.98222."""
+    """0.975 lies 3e-4 below the midpoint 0.9753 of 0.96838 and 0.98222."""
     mid = (beta_rules.BETA_GRID[6] + beta_rules.BETA_GRID[7]) / 2
-    assert mid - beta_rules.beta_from_refresh(40_000) == pytest.approx(
-      2.97e-4, rel=1e-2
+    assert mid - beta_rules.beta_from_refresh(40_000) == pytest.approx(3.0e-4, rel=1e-9)
+
+  # [FH26b]'s stability intervals: T_ES where the snapped rule changes grid
+  # value, 1000 / (1 - midpoint) of neighbouring 5-decimal grid values.
+  BOUNDARIES = ((4048, 2), (7199, 3), (12802, 4), (22766, 5), (40486, 6))
+
+  @pytest.mark.parametrize("boundary, below", BOUNDARIES)
+  def test_published_stability_intervals(self, boundary, below):
+    grid = beta_rules.BETA_GRID
+    mid = (grid[below] + grid[below + 1]) / 2
+    assert round(1000 / (1 - mid)) == boundary
+    for beta_range in (None, (0.68377, 0.999)):
+      got = beta_rules.beta_from_refresh(
+        [boundary - 1, boundary + 1], grid=grid, beta_range=beta_range
+      )
+      assert got.tolist() == [grid[below], grid[below + 1]]
+
+  def test_40484_gets_0_96838_as_in_fh26b(self):
+    """The exact lattice's midpoint 0.975297 put 40484 above it (0.98222)."""
+    assert beta_rules.beta_from_refresh(40_484, grid=beta_rules.BETA_GRID) == 0.96838
+    assert beta_rules.beta_from_refresh(40_484, grid=TestGrid.EXACT) == pytest.approx(
+      0.982217, abs=1e-6
     )
 
 
@@ -456,12 +476,16 @@ class TestGrid:
     0.999,
   )
 
-  def test_grid_is_the_quarter_decade_lattice(self):
-    assert len(beta_rules.BETA_GRID) == 13
+  EXACT = tuple(1.0 - 10.0 ** (-k / 4) for k in range(13))
+
+  def test_grid_is_the_published_quarter_decade_lattice(self):
+    """[FH26b]'s 5-decimal values, each 1 - 10^(-k/4) rounded."""
+    assert beta_rules.BETA_GRID == self.PUBLISHED
+    assert all(isinstance(b, float) for b in beta_rules.BETA_GRID)
+    np.testing.assert_array_equal(np.round(self.EXACT, 5), self.PUBLISHED)
     np.testing.assert_allclose(
-      -np.log10(1 - np.array(beta_rules.BETA_GRID)), np.arange(13) / 4, rtol=1e-12
+      -np.log10(1 - np.array(beta_rules.BETA_GRID)), np.arange(13) / 4, atol=5e-4
     )
-    np.testing.assert_array_equal(np.round(beta_rules.BETA_GRID, 5), self.PUBLISHED)
 
   def test_snap_nearest_ties_to_smaller(self):
     assert beta_rules.snap_beta(0.95) == beta_rules.BETA_GRID[5]

@@ -179,7 +179,7 @@ def test_mismatched_gradient_tree_is_a_clear_error(tx):
 @pytest.mark.parametrize(
   "grid, beta_range, nearest",
   (
-    (bo.BETA_GRID, (0.95, 0.95), "values are 0.943766 below and 0.968377 above"),
+    (bo.BETA_GRID, (0.95, 0.95), "values are 0.94377 below and 0.96838 above"),
     ((0.5, 0.9), (0.95, 0.99), "value is 0.9 below"),
     ((0.5, 0.9), (0.1, 0.2), "value is 0.5 above"),
   ),

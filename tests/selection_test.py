@@ -263,6 +263,105 @@ def test_estimate_of_a_known_drift_and_noise():
   np.testing.assert_allclose(got.noise, 16 / 3, rtol=1e-12)
 
 
+def _group_sketches(rng, steps, lags, drift, groups=4, dim=16, sizes=(4, 4, 4, 4)):
+  """Sketches of a direction z_t = t v whose 4 groups sit at offsets that are
+  fresh at every checkpoint; returns them and the offsets by checkpoint."""
+  sketches, offsets = {}, {}
+  for t in [*(steps - np.array(lags)), steps]:
+    e = rng.normal(size=(groups, dim))
+    e -= np.average(e, axis=0, weights=sizes)  # the pooled z is their mean
+    offsets[t] = e
+    sketches[t] = _sketches(t * drift, t * drift + e, sizes)
+  return sketches, offsets
+
+
+@pytest.mark.parametrize("sizes", [(4, 4, 4, 4), (4, 2, 4, 3)])
+def test_noise_corrected_change_is_the_group_u_statistic(sizes):
+  """D~ = sum_n n^2 U_n / sum_n n^4, U_n = mean over pairs j != k of
+  d_j . d_k with d_j = z^(j)_T - z^(j)_{T-n}: no probe-noise term, since
+  distinct groups hold independent probes; its standard error at zero drift
+  from tr(Sigma_1^2), estimated by the squared products of group deviations
+  at distinct checkpoints (first order, written out here pair by pair)."""
+  rng = np.random.default_rng(10)
+  lags, v = (20, 50, 100), rng.normal(size=16) * 1e-3
+  sketches, e = _group_sketches(rng, 200, lags, v, sizes=sizes)
+  got = selection._corrected_change(sketches, 200, lags)
+  u = []
+  for n in lags:
+    d = sketches[200].groups - sketches[200 - n].groups
+    u.append(np.mean([d[j] @ d[k] for j in range(4) for k in range(4) if j != k]))
+  n = np.array(lags, float)
+  np.testing.assert_allclose(got.lag_changes, np.array(u) / n**2, rtol=1e-12)
+  np.testing.assert_allclose(got.change, n**2 @ u / np.sum(n**4), rtol=1e-12)
+  # The standard error, term by term.
+  c = 1 / np.array(sizes) - 1 / np.sum(sizes)
+  t2 = np.mean([
+    (e[t][j] @ e[s][k]) ** 2 / (c[j] * c[k])
+    for t in e for s in e if t < s for j in range(4) for k in range(4)
+  ])  # fmt: skip
+  w, a = n**2 / np.sum(n**4), 1 / np.array(sizes)
+  pairs = [(j, k) for j in range(4) for k in range(j + 1, 4)]
+  var = sum(
+    w[x] * w[y] * sum((4 * a[j] * a[k] if x == y else a[j] * a[k]) for j, k in pairs)
+    for x in range(3) for y in range(3)
+  ) * (2 / 12) ** 2 * t2  # fmt: skip
+  np.testing.assert_allclose(got.stderr, np.sqrt(var), rtol=1e-10)
+
+
+@pytest.mark.parametrize("end_sizes", [(4, 4, 4, 4), (4, 2, 4, 3)])
+def test_noise_corrected_change_is_unbiased_and_its_stderr_calibrated(end_sizes):
+  """The sign model (a linear direction) at known drift: the mean of D~ is D
+  (4 Monte Carlo standard errors), also with groups left unequal by skipped
+  probes at T_p; at zero drift the reported standard error matches the
+  spread of D~. The published D^ keeps 2V/(m L^2) on top (tested above)."""
+  rng = np.random.default_rng(11)
+  m, steps, lags = 16, 200, np.array([20, 50, 100])
+  p = _sketch_matrix()
+  mu0 = rng.uniform(-0.3, 0.3, 70)
+  for scale in (0.0, 0.003):
+    drift = rng.choice([-1, 1], 70) * scale
+    mean_at = lambda t, drift=drift: mu0 + (t - 150) * drift
+    fits = []
+    for _ in range(300):
+      sketches = {}
+      for t in [*(steps - lags), steps]:
+        sizes = np.array(end_sizes if t == steps else (4, 4, 4, 4))
+        g = _sign_model(mean_at(t), np.ones(70), rng, m).reshape(4, 4, 70)
+        groups = np.stack([x[:n].mean(0) for x, n in zip(g, sizes, strict=True)])
+        groups = groups @ p.T
+        z = sizes @ groups / sizes.sum()
+        sketches[t] = _probes.Sketches(z, groups, sizes, np.ones(m, bool))
+      fit = selection._corrected_change(sketches, steps, tuple(lags))
+      fits.append((fit.change, fit.stderr))
+    fits = np.array(fits)
+    d_true = np.sum((p @ drift) ** 2)
+    se = fits[:, 0].std() / np.sqrt(len(fits))
+    assert abs(fits[:, 0].mean() - d_true) < 4 * se, (fits[:, 0].mean(), d_true, se)
+    if scale == 0.0:
+      np.testing.assert_allclose(fits[:, 1].mean(), fits[:, 0].std(), rtol=0.15)
+    else:
+      assert d_true > 3 * fits[:, 1].mean()  # a drift the design resolves
+
+
+def test_a_saved_selection_of_an_older_version_still_loads():
+  """examples/common/beta.py resumes with BetaSelection(**json): the fields
+  added since default to 'not measured' and the record round-trips."""
+  old = {
+    "beta": 0.94377, "beta_continuous": 0.95, "noise": 0.2, "change": 1e-5,
+    "lag_intercept": 1e-6, "lag_slope": 0.02, "lags": [20, 50, 100],
+    "lag_changes": [1e-4, 2e-5, 1e-5], "horizon": 20.0, "pilot_steps": 200,
+    "pilot_beta": 0.95, "num_probes": 16, "gradient_evaluations": 264,
+    "seconds": 3.0, "skipped_probes": [],
+  }  # fmt: skip
+  sel = bo.BetaSelection(**old)
+  assert sel.change_estimate == "published" and not sel.design_limited
+  assert sel.design_reason == "" and sel.pilot_moved
+  assert sel.noise_share is None and sel.horizon_ceiling is None
+  record = json.loads(json.dumps(sel.as_dict()))
+  assert record == sel.as_dict() == bo.BetaSelection(**record).as_dict()
+  assert "beta=0.94377" in sel.report()
+
+
 # --- select_beta ------------------------------------------------------------
 
 
@@ -353,7 +452,22 @@ def test_fields_are_consistent_and_the_summary_is_loggable(mlp_run):
     sel.noise, sel.change, grid=None
   )
   assert sel.beta == bo.beta_from_noise_and_lag(sel.noise, sel.change)
+  # What D^ is made of: the probe-noise term 2V/(m L^2), and the ceiling
+  # (m L^2 / 8)^(1/3) it puts on H, with the beta chosen there.
+  probe_noise = 2 * sel.noise / (8 * 20**2)
+  np.testing.assert_allclose(sel.noise_share, min(1, probe_noise / sel.change))
+  np.testing.assert_allclose(sel.horizon_ceiling, (8 * 20**2 / 8) ** (1 / 3))
+  assert sel.beta_ceiling == bo.beta_from_noise_and_lag(sel.noise, probe_noise)
+  raw_intercept = selection._lag_fit(np.array(sel.lags), np.array(sel.lag_changes))[0]
+  assert sel.intercept_clipped == (raw_intercept < 0)
+  n = np.array(sel.lags, float)
+  np.testing.assert_allclose(
+    sel.corrected_change, n**4 @ sel.corrected_lag_changes / np.sum(n**4)
+  )
+  assert sel.corrected_change_stderr > 0 and sel.change_estimate == "published"
+  assert sel.pilot_moved
   record = json.loads(json.dumps(sel.as_dict()))
+  assert record == sel.as_dict() and bo.BetaSelection(**record).report()
   assert record["beta"] == sel.beta and "pilot_params" not in record
   assert f"beta={sel.beta:.5f}" in sel.report() and "62 gradients" in sel.report()
 
