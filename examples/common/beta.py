@@ -49,6 +49,12 @@ _LOGGED_FIELDS = (
   "horizon",
   "pilot_steps",
   "gradient_evaluations",
+  # What the measurement is made of: whether the probe design, not the
+  # workload, set the answer (logged as 0/1).
+  "noise_share",
+  "horizon_ceiling",
+  "intercept_clipped",
+  "design_limited",
 )
 
 
@@ -160,7 +166,12 @@ def resolve(
       os.replace(path + ".tmp", path)  # atomic: no half-written choice
       print(f"beta: early memory selection chose {selection.report()}")
   record = {"beta": report["beta"]}
-  record.update({f"beta_selection/{k}": report[k] for k in _LOGGED_FIELDS})
+  # Through BetaSelection so that a selection saved before a field existed
+  # logs its default; fields a selection left unmeasured (None) are not logged.
+  fields = balanced_optax.BetaSelection(**report)._asdict()
+  record.update(
+    {f"beta_selection/{k}": fields[k] for k in _LOGGED_FIELDS if fields[k] is not None}
+  )
   # Named like the other wall-clock metrics, which run comparisons leave out.
   record["beta_selection/pilot_seconds"] = report["seconds"]
   return float(report["beta"]), record

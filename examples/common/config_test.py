@@ -322,6 +322,10 @@ SELECTION = balanced_optax.BetaSelection(
   gradient_evaluations=44,
   skipped_probes=(),
   seconds=1.5,
+  noise_share=0.74,
+  horizon_ceiling=27.1,
+  design_limited=True,
+  design_reason="the probe noise term explains 74% of the change",
 )
 
 
@@ -341,6 +345,10 @@ def test_auto_runs_the_pilot_once_and_saves_its_choice(tmp_path, capsys):
     "beta_selection/horizon": 11.1,
     "beta_selection/pilot_steps": 20,
     "beta_selection/gradient_evaluations": 44,
+    "beta_selection/noise_share": 0.74,
+    "beta_selection/horizon_ceiling": 27.1,
+    "beta_selection/intercept_clipped": False,
+    "beta_selection/design_limited": True,
     "beta_selection/pilot_seconds": 1.5,
   }
   saved = json.loads((tmp_path / beta_lib.SELECTION_FILE).read_text())
@@ -354,6 +362,21 @@ def test_auto_runs_the_pilot_once_and_saves_its_choice(tmp_path, capsys):
       record,
     )
     assert "not re-run" in capsys.readouterr().out
+
+
+def test_auto_reuses_a_selection_saved_before_its_limits_were_reported(tmp_path):
+  saved = SELECTION.as_dict()
+  for field in ("noise_share", "horizon_ceiling", "intercept_clipped"):
+    del saved[field]
+  del saved["design_limited"], saved["design_reason"]
+  (tmp_path / beta_lib.SELECTION_FILE).write_text(json.dumps(saved))
+  config = TrainConfig(beta="auto")
+  beta, record = beta_lib.resolve(config, str(tmp_path), _no_pilot, True)
+  assert beta == 0.9
+  # The defaults: nothing unmeasured (None) logged, flags False.
+  assert "beta_selection/noise_share" not in record
+  assert record["beta_selection/design_limited"] is False
+  assert record["beta_selection/noise"] == 0.18
 
 
 def test_auto_refuses_checkpoints_made_with_another_beta(tmp_path):
