@@ -1,4 +1,5 @@
-"""Balanced Adam's beta for a run: a float, ``"auto"`` or ``"refresh"``.
+"""Balanced Adam's beta for a run: a float, ``"auto"``, ``"refresh"`` or
+``"run_length"``.
 
 ``beta="auto"`` runs early memory selection [FH26c] before training:
 ``balanced_optax.select_beta`` trains a short pilot with this run's own
@@ -12,7 +13,10 @@ checkpoint, so a resumed run reuses it instead of running the pilot again.
 
 ``beta="refresh"`` is [FH26b]'s refresh rule with the configured step count
 as the horizon, snapped to ``balanced_optax.BETA_GRID``: a prior that needs
-no measurement.
+no measurement. ``beta="run_length"`` is the same rule with a refresh count
+fit on published oracles, ``1 - RUN_LENGTH_REFRESH / num_steps`` clipped to
+[FH26c]'s range [0.68377, 0.999] and snapped to BETA_GRID: the rule that the
+beta-selection benchmark supports (docs/choosing_beta.md).
 
 Either way the chosen beta is printed and logged as a ``step`` 0 record of
 ``metrics.jsonl`` (``beta``, and ``beta_selection/*`` or ``beta_refresh/*``).
@@ -36,7 +40,13 @@ from flax import nnx
 import balanced_optax
 from examples.common import mesh as mesh_lib
 from examples.common import optim
-from examples.common.config import PILOT_NUM_GROUPS, TrainConfig, check_beta
+from examples.common.config import (
+  PILOT_NUM_GROUPS,
+  RUN_LENGTH_RANGE,
+  RUN_LENGTH_REFRESH,
+  TrainConfig,
+  check_beta,
+)
 
 SELECTION_FILE = "beta_selection.json"
 # The BetaSelection fields that are one number each go to metrics.jsonl too.
@@ -105,6 +115,19 @@ def run_pilot(
   return selection._replace(pilot_params=None)  # frees the pilot's params
 
 
+def run_length_beta(num_steps: int) -> float:
+  """``1 - RUN_LENGTH_REFRESH / num_steps`` within [FH26c]'s range
+  [0.68377, 0.999], snapped to ``BETA_GRID``."""
+  return float(
+    balanced_optax.beta_from_refresh(
+      t_es=num_steps,
+      refresh=RUN_LENGTH_REFRESH,
+      grid=balanced_optax.BETA_GRID,
+      beta_range=RUN_LENGTH_RANGE,
+    )
+  )
+
+
 def resolve(
   config: TrainConfig,
   workdir: str,
@@ -143,6 +166,15 @@ def resolve(
         f" {config.num_steps} (snapped to BETA_GRID)"
       )
     return beta, {"beta": beta, "beta_refresh/t_es": config.num_steps}
+
+  if config.beta == "run_length":
+    beta = run_length_beta(config.num_steps)
+    if is_first_process:
+      print(
+        f"beta = {beta:.5g}, from the run-length rule 1 - {RUN_LENGTH_REFRESH}"
+        f" / num_steps with num_steps = {config.num_steps} (snapped to BETA_GRID)"
+      )
+    return beta, {"beta": beta, "beta_run_length/num_steps": config.num_steps}
 
   path = os.path.join(workdir, SELECTION_FILE)
   if os.path.exists(path):

@@ -25,7 +25,15 @@ from balanced_optax import _checks
 
 OPTIMIZERS = ("balanced_adam", "adam", "signum", "rmsprop", "sgd")
 # What ``beta`` may be besides a float in [0, 1).
-BETA_RULES = ("auto", "refresh")
+BETA_RULES = ("auto", "refresh", "run_length")
+# The run-length rule's R in beta = 1 - R / num_steps: the geometric mean of
+# the range of R = (1 - beta*) T over the published oracles of [OG25] (R ~
+# 120) and [FH26b] (up to 1690), sqrt(120 * 1690) ~ 450, fit before and never
+# on this package's own benchmark (docs/choosing_beta.md).
+RUN_LENGTH_REFRESH = 450
+# ... clipped to [FH26c]'s range of memories and snapped to BETA_GRID (runs of
+# up to 1821 updates get 0.68377).
+RUN_LENGTH_RANGE = (0.68377, 0.999)
 # The pilot splits its probe gradients into this many groups for the noise
 # estimate (``balanced_optax.select_beta``'s ``num_groups``).
 PILOT_NUM_GROUPS = 4
@@ -188,9 +196,12 @@ class TrainConfig:
     beta: balanced Adam's one memory (beta1 = beta2 = beta): a float in
       [0, 1); ``"auto"``, chosen before training by a short pilot on this
       run's own recipe (``balanced_optax.select_beta``, early memory
-      selection [FH26c]); or ``"refresh"``, ``balanced_optax.beta_from_refresh``
+      selection [FH26c]); ``"refresh"``, ``balanced_optax.beta_from_refresh``
       of ``num_steps`` snapped to ``balanced_optax.BETA_GRID`` [FH26b], a
-      prior that costs nothing. The rules need ``optimizer=balanced_adam``.
+      prior that costs nothing; or ``"run_length"``, the same rule with
+      R = :data:`RUN_LENGTH_REFRESH` (``1 - 450 / num_steps``) within
+      [0.68377, 0.999], the rule the beta-selection benchmark supports. The
+      rules need ``optimizer=balanced_adam``.
       See ``examples.common.beta``.
     pilot_steps: updates of the ``beta="auto"`` pilot (the paper's 200;
       >= 3).

@@ -58,7 +58,13 @@ def test_overrides_parse_each_field_type(example):
 
 
 @pytest.mark.parametrize(
-  "value, expected", [("0.9", 0.9), ("auto", "auto"), ("refresh", "refresh")]
+  "value, expected",
+  [
+    ("0.9", 0.9),
+    ("auto", "auto"),
+    ("refresh", "refresh"),
+    ("run_length", "run_length"),
+  ],
 )
 def test_beta_is_a_number_or_a_rule(value, expected):
   beta = parse(f"--config.beta={value}").beta
@@ -138,17 +144,20 @@ BAD_FIELDS = [
   (
     "beta",
     None,
-    "config.beta must be a float in [0, 1) or one of ('auto', 'refresh'), got None",
+    "config.beta must be a float in [0, 1) or one of"
+    " ('auto', 'refresh', 'run_length'), got None",
   ),
   (
     "beta",
     "autox",
-    "config.beta must be a float in [0, 1) or one of ('auto', 'refresh'), got 'autox'",
+    "config.beta must be a float in [0, 1) or one of"
+    " ('auto', 'refresh', 'run_length'), got 'autox'",
   ),
   (
     "beta",
     True,
-    "config.beta must be a float in [0, 1) or one of ('auto', 'refresh'), got True",
+    "config.beta must be a float in [0, 1) or one of"
+    " ('auto', 'refresh', 'run_length'), got True",
   ),
   ("pilot_steps", 2, "config.pilot_steps must be an integer >= 3, got 2"),
   (
@@ -259,6 +268,7 @@ def test_optimizer_fields_get_balanced_optax_checks(field, argument, value):
     {"beta": 0},  # an int: beta = 0.0, sign descent
     {"beta": 0.9999999},  # below 1 in float32 too
     {"beta": "refresh"},
+    {"beta": "run_length"},
     {"beta": "auto"},
     {"optimizer": "adam", "beta": 0.5},  # a float beta is ignored by adam
     {"learning_rate": 0.0, "final_lr_fraction": 1.0, "grad_clip_norm": 0.0},
@@ -304,6 +314,25 @@ def test_float_and_refresh_need_no_pilot(tmp_path):
     }
   # [FH26b]'s published selection for T_ES = 20000.
   assert beta == pytest.approx(0.94377, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+  "num_steps, expected",
+  [
+    (12, 0.68377),  # 1 - 450/12 < 0: floored at the range's shortest memory
+    (1500, 0.68377),  # the GPT trainer's default run: 0.7 snaps down
+    (1821, 0.68377),  # 0.7529; the midpoint to 0.82217 is 0.75297
+    (1822, 0.82217),
+    (5000, 0.9),  # 0.91 exactly
+    (10_000, 0.94377),  # 0.955: nearer 0.94377 than 0.96838
+    (10**9, 0.999),  # capped at the range's longest memory
+  ],
+)
+def test_run_length_rule(tmp_path, num_steps, expected):
+  config = TrainConfig(beta="run_length", num_steps=num_steps)
+  beta, record = beta_lib.resolve(config, str(tmp_path), _no_pilot, False)
+  assert beta == expected
+  assert record == {"beta": expected, "beta_run_length/num_steps": num_steps}
 
 
 SELECTION = balanced_optax.BetaSelection(
