@@ -112,15 +112,17 @@ def check_with_library(field: str, value: Any, argument: str | None = None) -> N
 
 
 def check_beta(config: "TrainConfig") -> None:
-  """``beta``: a float in [0, 1) for any optimizer, or a rule of
-  :data:`BETA_RULES`, which only balanced Adam can use."""
+  """``beta``: a float in [0, 1) or a rule of :data:`BETA_RULES` (``"auto"``
+  only with balanced Adam: the others ignore beta)."""
   beta = config.beta
   if isinstance(beta, str):
     if beta not in BETA_RULES:
       raise ConfigError(
         f"config.beta must be a float in [0, 1) or one of {BETA_RULES}, got {beta!r}"
       )
-    if config.optimizer != "balanced_adam":
+    # The closed-form rules cost nothing and, like a float beta, are ignored
+    # by the other optimizers; a pilot would train balanced Adam for nothing.
+    if beta == "auto" and config.optimizer != "balanced_adam":
       raise ConfigError(
         f"config.beta={beta!r} chooses balanced Adam's memory, but"
         f" config.optimizer={config.optimizer!r} does not use beta: use"
@@ -200,8 +202,9 @@ class TrainConfig:
       of ``num_steps`` snapped to ``balanced_optax.BETA_GRID`` [FH26b], a
       prior that costs nothing; or ``"run_length"``, the same rule with
       R = :data:`RUN_LENGTH_REFRESH` (``1 - 450 / num_steps``) within
-      [0.68377, 0.999], the rule the beta-selection benchmark supports. The
-      rules need ``optimizer=balanced_adam``.
+      [0.68377, 0.999], the rule the beta-selection benchmark supports (the
+      trainers' default). Optimizers other than balanced Adam ignore beta;
+      ``"auto"`` needs ``optimizer=balanced_adam``.
       See ``examples.common.beta``.
     pilot_steps: updates of the ``beta="auto"`` pilot (the paper's 200;
       >= 3).

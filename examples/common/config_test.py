@@ -38,7 +38,7 @@ def parse(*args: str):
 
 def test_default_config_file_without_flags():
   config = parse()
-  assert (config.num_steps, config.d_model, config.beta) == (1500, 128, 0.95)
+  assert (config.num_steps, config.d_model, config.beta) == (1500, 128, "run_length")
 
 
 @pytest.mark.parametrize("example", ["gpt", "vit"])
@@ -271,6 +271,7 @@ def test_optimizer_fields_get_balanced_optax_checks(field, argument, value):
     {"beta": "run_length"},
     {"beta": "auto"},
     {"optimizer": "adam", "beta": 0.5},  # a float beta is ignored by adam
+    {"optimizer": "sgd", "beta": "run_length"},  # and so is a closed-form rule
     {"learning_rate": 0.0, "final_lr_fraction": 1.0, "grad_clip_norm": 0.0},
     {"final_lr_fraction": 0.0, "momentum": 0.0, "eps": 0.0, "weight_decay": 0.0},
     {"warmup_steps": 5000},  # longer than num_steps: cut there (make_schedule)

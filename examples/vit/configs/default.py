@@ -26,6 +26,8 @@ class Config(config_lib.TrainConfig):
   batch_size: int = 64
   learning_rate: float = 2e-3
   warmup_steps: int = 50
+  # 1 - 450 / num_steps, snapped: what the beta-selection benchmark supports.
+  beta: object = "run_length"
   weight_decay: float = 0.3
   eval_every: int = 200
 
