@@ -178,7 +178,7 @@ def tree_bytes(tree: Any, min_size: int = 0) -> int:
   )
 
 
-def _memory(compiled) -> dict[str, Any] | None:
+def memory_report(compiled) -> dict[str, Any] | None:
   """The executable's own memory report, or None if the backend gives none."""
   try:
     analysis = compiled.memory_analysis()
@@ -276,7 +276,7 @@ def bench_leaves(
       "lower_and_compile_s": float(
         np.median(np.add(lower_s[v.name], compile_s[v.name]))
       ),
-      "memory": _memory(compiled[v.name]),
+      "memory": memory_report(compiled[v.name]),
       "state_bytes": tree_bytes(state),
       "moment_bytes": tree_bytes(state, min_size=2),
       # Read p, g and the state once, write p and the state once.
