@@ -47,13 +47,17 @@ def optimizer(
   weight_decay: optax.ScalarOrSchedule = 0.0,
   min_size: int = MIN_SIZE,
 ) -> optax.GradientTransformation:
-  """Balanced AdamW with its moments kept as ``store`` (one of :data:`STORES`)."""
+  """Balanced AdamW with its moments kept as ``store`` (one of :data:`STORES`).
+
+  A ``weight_decay`` of (Python) 0 leaves the decay out: balanced Adam.
+  """
+  decay = not (isinstance(weight_decay, int | float) and weight_decay == 0)
   if store in ("float32", "bfloat16"):
+    state_dtype = None if store == "float32" else store
+    if not decay:
+      return bo.balanced_adam(learning_rate, beta, state_dtype=state_dtype)
     return bo.balanced_adamw(
-      learning_rate,
-      beta,
-      weight_decay=weight_decay,
-      state_dtype=None if store == "float32" else store,
+      learning_rate, beta, weight_decay=weight_decay, state_dtype=state_dtype
     )
   if store in ("int8", "int4"):
     scale = lowbit.scale_by_balanced_adam_lowbit(
@@ -65,7 +69,7 @@ def optimizer(
     raise ValueError(f"store must be one of {STORES}, got {store!r}.")
   return optax.chain(
     scale,
-    optax.add_decayed_weights(weight_decay),
+    optax.add_decayed_weights(weight_decay) if decay else optax.identity(),
     optax.scale_by_learning_rate(learning_rate),
   )
 

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 import balanced_optax as bo
-from benchmarks import hlo, stats
+from benchmarks import hlo, lowbit_common, stats
 
 LEARNING_RATE = 1e-3
 BETA = 0.95
@@ -115,6 +115,16 @@ VARIANTS = (
     "balanced_adam_bf16",
     lambda: bo.balanced_adam(LEARNING_RATE, BETA, EPS, state_dtype="bfloat16"),
     "balanced_adam(state_dtype='bfloat16')",
+  ),
+  Variant(
+    "balanced_adam_int8",
+    lambda: lowbit_common.optimizer("int8", LEARNING_RATE, BETA),
+    "lowbit.scale_by_balanced_adam_lowbit(state_dtype='int8'): 2.05 B/param",
+  ),
+  Variant(
+    "balanced_adam_int4",
+    lambda: lowbit_common.optimizer("int4", LEARNING_RATE, BETA),
+    "lowbit.scale_by_balanced_adam_lowbit(state_dtype='int4'): 1.05 B/param",
   ),
   Variant(
     "balanced_adam_bf16_nearest",
