@@ -268,6 +268,11 @@ def test_lowbit_quality_verdicts_count_the_cells_that_meet_each_target():
   spread = by_target["int8 within float32 seed spread"]
   assert (spread["met"], spread["cells"], spread["missed"]) == (1, 2, ["w 0.999"])
   assert by_target["int4 within 1% (3% at 0.999)"]["missed"] == ["w 0.999"]
+  # A lower loss meets a target one-sided, not two-sided.
+  results["w"]["int4"]["0.9"] = cells(0.98)
+  by_target = {t["target"]: t for t in lowbit_quality.verdicts(results)}
+  int4 = by_target["int4 within 1% (3% at 0.999)"]
+  assert (int4["met"], int4["met_two_sided"]) == (1, 0)
   # Only beta >= 0.99 is compared with the reference: 2.02 <= 2.05 < 2.08.
   assert by_target["int8 <= bnb at beta >= 0.99"]["verdict"] == "MET"
   int4 = by_target["int4 <= bnb at beta >= 0.99"]
