@@ -26,7 +26,7 @@ here.
 
 Usage, from the repository root::
 
-  python -m benchmarks.lowbit_quality               # ~15 min on one CPU core
+  python -m benchmarks.lowbit_quality               # ~18 min on one busy CPU core
   python -m benchmarks.lowbit_quality --size=smoke  # under a minute
 """
 
