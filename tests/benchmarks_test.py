@@ -19,6 +19,7 @@ from benchmarks import (
   step,
   step_measure,
   step_targets,
+  workloads,
 )
 
 _HLO = """HloModule m
@@ -343,3 +344,16 @@ def test_lowbit_quality_smoke_run_writes_results_and_plot(tmp_path, unoptimized_
   assert counts["int8 within float32 seed spread"] == 8  # 2 workloads x 4 betas
   assert counts["int8 <= bnb at beta >= 0.99"] == 4
   assert report["wall_s"] > 0 and (tmp_path / "quality.png").stat().st_size > 1000
+
+
+def test_lowbit_quality_runs_every_seed_as_train_grid_runs_it():
+  workload = workloads.make_workload("quadratic", num_steps=20, eval_every=10)
+  stored = lowbit_quality.with_store(workload, "float32")
+  history = lowbit_quality.train_runs(stored, [0.9, 0.99], seeds=[0, 1])
+  assert history.val_loss.shape == (4, 3)  # (seed, beta) rows x 3 evaluations
+  for i, seed in enumerate([0, 1]):
+    # float32 through lowbit_common is the workload's own balanced AdamW.
+    grid = workloads.train_grid(workload, [0.9, 0.99], seed=seed)
+    np.testing.assert_allclose(
+      history.val_loss[2 * i : 2 * i + 2], grid.val_loss, rtol=1e-5
+    )
