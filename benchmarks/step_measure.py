@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 import balanced_optax as bo
-from benchmarks import hlo, stats
+from benchmarks import hlo, lowbit_common, stats
 
 LEARNING_RATE = 1e-3
 BETA = 0.95
@@ -117,6 +117,16 @@ VARIANTS = (
     "balanced_adam(state_dtype='bfloat16')",
   ),
   Variant(
+    "balanced_adam_int8",
+    lambda: lowbit_common.optimizer("int8", LEARNING_RATE, BETA),
+    "lowbit.scale_by_balanced_adam_lowbit(state_dtype='int8'): 2.05 B/param",
+  ),
+  Variant(
+    "balanced_adam_int4",
+    lambda: lowbit_common.optimizer("int4", LEARNING_RATE, BETA),
+    "lowbit.scale_by_balanced_adam_lowbit(state_dtype='int4'): 1.05 B/param",
+  ),
+  Variant(
     "balanced_adam_bf16_nearest",
     lambda: bo.balanced_adam(
       LEARNING_RATE, BETA, EPS, state_dtype="bfloat16", stochastic_rounding=False
@@ -178,7 +188,7 @@ def tree_bytes(tree: Any, min_size: int = 0) -> int:
   )
 
 
-def _memory(compiled) -> dict[str, Any] | None:
+def memory_report(compiled) -> dict[str, Any] | None:
   """The executable's own memory report, or None if the backend gives none."""
   try:
     analysis = compiled.memory_analysis()
@@ -276,7 +286,7 @@ def bench_leaves(
       "lower_and_compile_s": float(
         np.median(np.add(lower_s[v.name], compile_s[v.name]))
       ),
-      "memory": _memory(compiled[v.name]),
+      "memory": memory_report(compiled[v.name]),
       "state_bytes": tree_bytes(state),
       "moment_bytes": tree_bytes(state, min_size=2),
       # Read p, g and the state once, write p and the state once.

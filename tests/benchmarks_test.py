@@ -2,17 +2,24 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from benchmarks import (
   hlo,
+  lowbit_common,
+  lowbit_memory,
+  lowbit_quality,
   quality,
   scale_range,
   stats,
   step,
   step_measure,
   step_targets,
+  workloads,
 )
 
 _HLO = """HloModule m
@@ -210,3 +217,143 @@ def test_quality_benchmark_quick_run_writes_results_and_plot(tmp_path):
   assert saved["best"]["balanced_adam"]["best_val_loss"] == run["best_val_loss"]
   assert saved["config"]["num_steps"] == 3 == report["config"]["num_steps"]
   assert (tmp_path / "quality.png").stat().st_size > 1000
+
+
+def test_bnb_reference_is_adam_on_small_leaves_and_stores_the_nearest_levels():
+  beta = 0.9
+  g = jax.random.normal(jax.random.key(0), (3, 200))  # 600: 3 blocks of 256, padded
+  # Leaves under min_size keep float32 moments: optax.adam's updates.
+  tx = lowbit_common.scale_by_bnb_adam(beta, min_size=10**6)
+  reference = optax.scale_by_adam(b1=beta, b2=beta)
+  state, ref_state = tx.init(g), reference.init(g)
+  for k in range(5):
+    u, state = tx.update(g * (k + 1), state)
+    ref, ref_state = reference.update(g * (k + 1), ref_state)
+    np.testing.assert_allclose(u, ref, rtol=1e-6)
+  # Quantized: one step from zero stores m = (1 - beta) g and v = (1 - beta) g^2
+  # as the nearest level of the map under each block's absmax.
+  tx = lowbit_common.scale_by_bnb_adam(beta, min_size=0)
+  u, state = tx.update(g, tx.init(g))
+  # The update is the fresh moments': (1-beta) g / (sqrt((1-beta) g^2) + eps).
+  np.testing.assert_allclose(u, g / (jnp.abs(g) + 1e-8), rtol=1e-5)
+  assert state.m_codes.dtype == jnp.uint8 and state.m_codes.shape == (3, 256)
+  flat = np.pad(np.asarray(g).reshape(-1), (0, 3 * 256 - 600)).reshape(3, 256)
+  for moment, levels, codes, absmax in (
+    ((1 - beta) * flat, lowbit_common._SIGNED, state.m_codes, state.m_absmax),
+    ((1 - beta) * flat**2, lowbit_common._UNSIGNED, state.v_codes, state.v_absmax),
+  ):
+    np.testing.assert_allclose(absmax, np.abs(moment).max(axis=1), rtol=1e-6)
+    scaled = moment / np.abs(moment).max(axis=1, keepdims=True)
+    nearest = np.abs(scaled[..., None] - levels).argmin(axis=-1)
+    assert np.mean(np.asarray(codes) == nearest) > 0.999  # ties may go either way
+    decoded = levels[np.asarray(codes)] * np.asarray(absmax)[:, None]
+    assert np.max(np.abs(decoded - moment)) <= 0.06 * np.abs(moment).max()
+
+
+def test_lowbit_quality_verdicts_count_the_cells_that_meet_each_target():
+  def cells(mean, spread=0.0):
+    return {"mean": mean, "spread": spread}
+
+  results = {
+    "w": {
+      "float32": {"0.9": cells(1.0, 0.02), "0.999": cells(2.0, 0.01)},
+      # 0.9: gap 0.01 <= spread 0.02; 0.999: gap 0.02 > spread 0.01.
+      "int8": {"0.9": cells(1.01), "0.999": cells(2.02)},
+      # 0.9: +0.5% <= 1%; 0.999: +4% > 3%.
+      "int4": {"0.9": cells(1.005), "0.999": cells(2.08)},
+      "bfloat16": {"0.9": cells(1.0), "0.999": cells(2.0)},
+      "bnb": {"0.9": cells(0.5), "0.999": cells(2.05)},
+    }
+  }
+  by_target = {t["target"]: t for t in lowbit_quality.verdicts(results)}
+  spread = by_target["int8 within float32 seed spread"]
+  assert (spread["met"], spread["cells"], spread["missed"]) == (1, 2, ["w 0.999"])
+  assert by_target["int4 within 1% (3% at 0.999)"]["missed"] == ["w 0.999"]
+  # A lower loss meets a target one-sided, not two-sided.
+  results["w"]["int4"]["0.9"] = cells(0.98)
+  by_target = {t["target"]: t for t in lowbit_quality.verdicts(results)}
+  int4 = by_target["int4 within 1% (3% at 0.999)"]
+  assert (int4["met"], int4["met_two_sided"]) == (1, 0)
+  # Only beta >= 0.99 is compared with the reference: 2.02 <= 2.05 < 2.08.
+  assert by_target["int8 <= bnb at beta >= 0.99"]["verdict"] == "MET"
+  int4 = by_target["int4 <= bnb at beta >= 0.99"]
+  assert (int4["met"], int4["cells"], int4["verdict"]) == (0, 1, "MISSED")
+
+
+@pytest.mark.slow
+def test_lowbit_memory_quick_run_measures_the_state_design(tmp_path, capsys):
+  out = tmp_path / "memory.json"
+  lowbit_memory.main(["--quick", f"--out={out}"])
+  saved = json.loads(out.read_text())
+  n = 2**18
+  (name,) = saved["state"]
+  rows = saved["state"][name]["stores"]
+  assert saved["state"][name]["params"] == saved["state"][name]["large_params"] == n
+  # Memory is deterministic: exact bytes of the designs, the step counter included.
+  assert rows["float32"]["all"]["bytes"] == 8 * n + 4
+  assert rows["float32"]["all"]["vs_optax_adam"] == pytest.approx(1.0)
+  assert rows["bfloat16"]["all"]["bytes"] == 4 * n + 4
+  # int8: a uint16 word per element, uint8 + int16 scales per 64-block.
+  int8 = rows["int8"]["large"]
+  assert int8["bytes_per_param"] == pytest.approx(2 + 3 / 64, abs=1e-3)
+  assert int8["bytes_per_param"] <= 2.05 and int8["vs_optax_adam"] <= 0.26
+  int4 = rows["int4"]["large"]
+  assert int4["bytes_per_param"] == pytest.approx(1 + 3 / 64, abs=1e-3)
+  assert int4["bytes_per_param"] <= 1.07 and int4["vs_optax_adam"] <= 0.14
+  # bnb-style: 2 uint8 codes per element, 2 float32 absmax per 256-block.
+  assert rows["bnb"]["large"]["bytes_per_param"] == pytest.approx(2 + 8 / 256, abs=1e-3)
+  assert set(saved["peak"]) == {"1", "4"}
+  for by_store in saved["peak"].values():
+    adam = by_store["optax_adam"]
+    assert adam["vs_optax_adam"] == 1.0
+    # optax.adam's donated step holds p, g, m, v: at least 16 bytes per param.
+    assert adam["peak_bytes"] >= 16 * n
+    for store in lowbit_memory.STORES:
+      m = by_store[store]["memory"]
+      live = m["argument_size_in_bytes"] + m["output_size_in_bytes"]
+      live += m["temp_size_in_bytes"] - m["alias_size_in_bytes"]
+      assert by_store[store]["peak_bytes"] >= live, store
+  printed = capsys.readouterr().out
+  assert [t["verdict"] for t in saved["targets"]][:2] == ["MET", "MET"]
+  for t in saved["targets"]:
+    (line,) = [x for x in printed.splitlines() if t["target"] in x]
+    assert line.split()[0] == t["verdict"]
+
+
+@pytest.mark.slow
+def test_lowbit_quality_smoke_run_writes_results_and_plot(tmp_path, unoptimized_xla):
+  out = tmp_path / "quality.json"
+  with unoptimized_xla():
+    report = lowbit_quality.main(["--size=smoke", f"--out={out}"])
+  saved = json.loads(out.read_text())
+  assert saved["config"]["min_size"] == 0 and saved["config"]["size"] == "smoke"
+  assert set(saved["results"]) == {kind for kind, _ in lowbit_quality.SIZES["smoke"]}
+  for kind, by_store in saved["results"].items():
+    assert set(by_store) == set(lowbit_common.STORES)
+    for store, by_beta in by_store.items():
+      assert list(by_beta) == [str(b) for b in lowbit_quality.BETAS]
+      for r in by_beta.values():
+        best = np.asarray(r["best"])
+        assert best.shape == (3,) and np.all(np.isfinite(best)), (kind, store)
+        assert r["mean"] == pytest.approx(best.mean())
+        assert r["spread"] == pytest.approx(best.max() - best.min())
+  # The digits MLP starts near ln(10) nats and every run improves on it.
+  for by_beta in saved["results"]["mlp_digits"].values():
+    assert all(max(r["best"]) < np.log(10) + 0.1 for r in by_beta.values())
+  counts = {t["target"]: t["cells"] for t in saved["targets"]}
+  assert counts["int8 within float32 seed spread"] == 8  # 2 workloads x 4 betas
+  assert counts["int8 <= bnb at beta >= 0.99"] == 4
+  assert report["wall_s"] > 0 and (tmp_path / "quality.png").stat().st_size > 1000
+
+
+def test_lowbit_quality_runs_every_seed_as_train_grid_runs_it():
+  workload = workloads.make_workload("quadratic", num_steps=20, eval_every=10)
+  stored = lowbit_quality.with_store(workload, "float32")
+  history = lowbit_quality.train_runs(stored, [0.9, 0.99], seeds=[0, 1])
+  assert history.val_loss.shape == (4, 3)  # (seed, beta) rows x 3 evaluations
+  for i, seed in enumerate([0, 1]):
+    # float32 through lowbit_common is the workload's own balanced AdamW.
+    grid = workloads.train_grid(workload, [0.9, 0.99], seed=seed)
+    np.testing.assert_allclose(
+      history.val_loss[2 * i : 2 * i + 2], grid.val_loss, rtol=1e-5
+    )
