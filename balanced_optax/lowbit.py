@@ -223,6 +223,8 @@ def _scales(ratio_code, root_code):
 
 def _encode_blocks(m, v, count, fmt):
   """Codes and scales of blocked float32 moments (scales keep their block axes)."""
+  # With jax_enable_x64 the scalars (the guard's hold) can widen them.
+  m, v = m.astype(jnp.float32), v.astype(jnp.float32)
   root = jnp.sqrt(v)
   ratio = jnp.where(root > 0, m / jnp.where(root > 0, root, 1), 0)
   # Scales round up onto their grids: every |r|/scale and sqrt(v)/scale <= 1.
@@ -451,7 +453,7 @@ def scale_by_balanced_adam_lowbit(
       layout=_layout(fmt),
     )
 
-  def moments(g, m, v, hold):
+  def moments(g, m, v, hold, beta=beta):
     # The float path's EMA, rounding for rounding: leaves kept in float32
     # update bitwise as scale_by_balanced_adam's.
     m_new = _tree.ema(beta, g, m)
@@ -526,7 +528,9 @@ def scale_by_balanced_adam_lowbit(
           ratio_limit=jnp.sqrt(1 - beta**state.count),
         )
         g = _blocked(g.astype(jnp.float32))
-        m, v = moments(g, m, v, hold)
+        # beta as float32, constant or traced alike: 1 - beta rounds the same
+        # under optax.inject_hyperparams, and so do the codes' bits.
+        m, v = moments(g, m, v, hold, beta=jnp.asarray(beta, jnp.float32))
         outs.append(
           _unblocked(direction(g, m, v, c, c_next, ok), shape).astype(out_dtype)
         )
@@ -547,7 +551,7 @@ def scale_by_balanced_adam_lowbit(
         outs.append(direction(g, m, v, c, c_next, ok).astype(out_dtype))
         new.append((codes, s_r, s_q, m.astype(mu.dtype), v.astype(nu.dtype)))
     codes, ratio_scale, root_scale, mu, nu = (
-      jax.tree.unflatten(treedef, list(f)) for f in zip(*new, strict=True)
+      jax.tree.unflatten(treedef, [n[i] for n in new]) for i in range(5)
     )
     return jax.tree.unflatten(treedef, outs), LowBitAdamState(
       count=count,
