@@ -227,8 +227,10 @@ class TrainConfig:
     state_dtype: balanced Adam's moments: ``float32``, ``bfloat16``, or the
       low-bit ``int8`` (2.05 bytes per parameter) and ``int4`` (1.05) of
       ``balanced_optax``'s state_dtype, for leaves of 4096 elements or more
-      (smaller ones keep float32). Needs ``optimizer=balanced_adam`` unless
-      ``float32``.
+      (``state_min_size``; smaller ones keep float32). Needs
+      ``optimizer=balanced_adam`` unless ``float32``.
+    state_min_size: with a low-bit ``state_dtype``, leaves with fewer
+      elements keep float32 moments (an integer >= 0; bitsandbytes' 4096).
     b1: Adam's first-moment memory; Signum's momentum; in [0, 1).
     b2: Adam's second-moment memory; RMSprop's decay; in [0, 1).
     eps: added to the denominator of the adaptive optimizers (>= 0).
@@ -263,6 +265,7 @@ class TrainConfig:
   pilot_lags: tuple[int, ...] = (20, 50, 100)
   pilot_num_probes: int = 16
   state_dtype: str = "float32"
+  state_min_size: int = 4096
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
@@ -295,6 +298,7 @@ class TrainConfig:
     check_beta(self)
     check_pilot(self)
     check_state_dtype(self)
+    check_integer("state_min_size", self.state_min_size, 0)
     # Each is a memory in [0, 1), as balanced Adam's beta is.
     for field in ("b1", "b2", "momentum"):
       check_with_library(field, getattr(self, field), argument="beta")

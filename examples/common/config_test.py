@@ -202,6 +202,7 @@ BAD_FIELDS = [
     "config.state_dtype must be one of ('float32', 'bfloat16', 'int8', 'int4'),"
     " got 'int2'",
   ),
+  ("state_min_size", -1, "config.state_min_size must be an integer >= 0, got -1"),
   ("b1", 1.0, "config.b1 must be in [0.0, 1.0), got 1.0."),
   ("b2", -0.5, "config.b2 must be in [0.0, 1.0), got -0.5."),
   ("eps", -1e-8, "config.eps must be in [0.0, inf), got -1e-08."),

@@ -28,6 +28,8 @@ import optax
 import balanced_optax
 from examples.common.config import OPTIMIZERS, TrainConfig
 
+LOW_BIT = ("int8", "int4")
+
 
 def make_schedule(config: TrainConfig) -> optax.Schedule:
   """Linear warmup from 0 to ``learning_rate``, then cosine decay to
@@ -89,6 +91,7 @@ def make_optimizer(
       config.weight_decay,
       decay_mask,
       state_dtype=config.state_dtype,
+      min_size=config.state_min_size if config.state_dtype in LOW_BIT else None,
     )
   elif config.optimizer == "adam":
     core = optax.adamw(
