@@ -112,7 +112,7 @@ def scale_by_balanced_adam(
     <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
   state_dtype = _checks.state_dtype_or_none("state_dtype", state_dtype)
-  if state_dtype in lowbit.STATE_DTYPES:
+  if isinstance(state_dtype, str):  # "int8" or "int4"; floating dtypes are dtypes
     _check_low_bit_options(scale_safe, stochastic_rounding)
     return lowbit.scale_by_balanced_adam_lowbit(
       beta,

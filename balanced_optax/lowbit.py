@@ -52,7 +52,7 @@ _SCALE_STEPS = 8
 
 
 class LowBitAdamState(NamedTuple):
-  """State of :func:`scale_by_balanced_adam_lowbit`.
+  """State of balanced Adam with a low-bit ``state_dtype`` (``"int8"``, ``"int4"``).
 
   Each tree has the params' structure; a leaf holds arrays where its moments
   are stored that way and ``optax.MaskedNode()`` where they are not.
@@ -588,7 +588,7 @@ def moments(state: LowBitAdamState) -> tuple[Any, Any]:
     >>> _, state = tx.update(jnp.full(64, 2.0), state)
     >>> mu, nu = lowbit.moments(state)
     >>> print(mu[:2], nu[:2])  # 0.2 and 0.4, to the codes' precision
-    [0.20531629 0.20531629] [0.42044824 0.42044824]
+    [0.18827587 0.18827587] [0.35355344 0.35355344]
   """
   treedef = jax.tree.structure(state.mu, is_leaf=_is_masked)
   fields = (state.codes, state.ratio_scale, state.root_scale, state.mu, state.nu)
