@@ -31,6 +31,7 @@ from balanced_optax.diagnostics import (
   update_norm_stability,
 )
 from balanced_optax.direction import snr_sign_step
+from balanced_optax.lowbit import LowBitAdamState
 from balanced_optax.moments import (
   GradientMoments,
   VarianceEmaState,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = (
   # Estimators, direction, fused path and optimizers.
   "GradientMoments",
+  "LowBitAdamState",
   "ScaleSafeAdamState",
   "VarianceEmaState",
   "balanced_adam",

@@ -220,6 +220,33 @@ def float_dtype_or_none(name: str, dtype: Any) -> jnp.dtype | None:
   return jax.dtypes.canonicalize_dtype(dtype)
 
 
+# The low-bit formats a ``state_dtype`` may name besides a floating dtype.
+LOW_BIT_STATE_DTYPES = ("int8", "int4")
+
+
+def state_dtype_or_none(name: str, dtype: Any) -> jnp.dtype | str | None:
+  """A low-bit format's name (``"int8"``, ``"int4"``), a canonical floating
+  dtype, or None; ValueError naming ``name`` and the accepted values."""
+  if isinstance(dtype, str) and dtype in LOW_BIT_STATE_DTYPES:
+    return dtype
+  expected = (
+    "a floating dtype (e.g. jnp.bfloat16 or 'float32'), 'int8' or 'int4'"
+    " (low-bit state) or None"
+  )
+  try:
+    canonical = jnp.dtype(dtype) if dtype is not None else None
+  except TypeError:  # e.g. "bf16": not a dtype name NumPy or JAX knows
+    canonical = "unknown"
+  if canonical is None:
+    return None
+  if canonical != "unknown":
+    if canonical.name in LOW_BIT_STATE_DTYPES:  # jnp.int8, jnp.int4
+      return canonical.name
+    if jnp.issubdtype(canonical, jnp.floating):
+      return jax.dtypes.canonicalize_dtype(canonical)
+  raise ValueError(f"{name} must be {expected}, got {dtype!r}.")
+
+
 def check_same_structure(what: str, updates: Any, reference: Any) -> None:
   """Clear error when gradients do not match the tree the state was built for."""
   got, want = jax.tree.structure(updates), jax.tree.structure(reference)

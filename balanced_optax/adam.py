@@ -2,13 +2,13 @@ r"""The fused path: balanced Adam in one elementwise pass per leaf."""
 
 import functools
 import numbers
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from balanced_optax import _checks, _rounding, _tree
+from balanced_optax import _checks, _rounding, _tree, lowbit
 
 
 class ScaleSafeAdamState(NamedTuple):
@@ -39,10 +39,12 @@ def scale_by_balanced_adam(
   *,
   eps_root: jax.typing.ArrayLike = 0.0,
   nesterov: bool = False,
-  state_dtype: jax.typing.DTypeLike | None = None,
+  state_dtype: jax.typing.DTypeLike | str | None = None,
   scale_safe: bool = False,
   guard_nonfinite: bool = True,
   stochastic_rounding: bool = True,
+  min_size: int | None = None,
+  full_precision_mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by balanced Adam (:math:`\beta_1 = \beta_2 = \beta`), fused.
 
@@ -67,19 +69,27 @@ def scale_by_balanced_adam(
     eps_root: added inside the square root, >= 0, as ``optax.adam``'s.
     nesterov: use Nesterov momentum [Dozat 2016], as ``optax.adam``'s.
     state_dtype: dtype of the moments (e.g. ``"bfloat16"``); ``None`` uses the
-      params' dtype (see :ref:`dtypes`).
+      params' dtype (see :ref:`dtypes`); ``"int8"`` or ``"int4"`` stores large
+      leaves' moments in about 2 or 1 bytes per parameter (see :doc:`lowbit`).
     scale_safe: keep :math:`r_k = \sqrt{v_k}` instead of :math:`v_k`, so that
       :math:`g^2` is never formed (see :ref:`scale-safe`).
     guard_nonfinite: hold the debiased moments of coordinates whose gradient
       is NaN or +-Inf (see :ref:`nonfinite-gradients`); ``False`` is
       ``optax.adam``'s behaviour.
     stochastic_rounding: round bfloat16 moments stochastically so that an EMA
-      with beta near 1 does not stall (see :ref:`stochastic-rounding`).
+      with beta near 1 does not stall (see :ref:`stochastic-rounding`); low-bit
+      state always rounds so.
+    min_size: low-bit state only: leaves with fewer elements keep float32
+      moments (``None``: 4096).
+    full_precision_mask: low-bit state only: a tree of bools like the params
+      (or a function of the params returning one), True where a leaf keeps
+      float32 moments.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is
     ``optax.ScaleByAdamState`` (:class:`ScaleSafeAdamState` with
-    ``scale_safe=True``).
+    ``scale_safe=True``, :class:`LowBitAdamState` with a low-bit
+    ``state_dtype``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -101,10 +111,28 @@ def scale_by_balanced_adam(
     Dozat, `Incorporating Nesterov Momentum into Adam
     <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
+  state_dtype = _checks.state_dtype_or_none("state_dtype", state_dtype)
+  if isinstance(state_dtype, str):  # "int8" or "int4"; floating dtypes are dtypes
+    _check_low_bit_options(scale_safe, stochastic_rounding)
+    return lowbit.scale_by_balanced_adam_lowbit(
+      beta,
+      eps,
+      eps_root=eps_root,
+      nesterov=nesterov,
+      state_dtype=state_dtype,
+      guard_nonfinite=guard_nonfinite,
+      min_size=lowbit.MIN_SIZE if min_size is None else min_size,
+      full_precision_mask=full_precision_mask,
+    )
+  if min_size is not None or full_precision_mask is not None:
+    raise ValueError(
+      "min_size and full_precision_mask choose which leaves keep float32"
+      " moments under a low-bit state_dtype ('int8' or 'int4'); with"
+      f" state_dtype={state_dtype!r} every leaf's moments take that dtype."
+    )
   _checks.check_beta("beta", beta)
   _checks.check_interval("eps", eps, 0.0)
   _checks.check_interval("eps_root", eps_root, 0.0)
-  state_dtype = _checks.float_dtype_or_none("state_dtype", state_dtype)
 
   def init_fn(params):
     mu = _tree.zeros_for_state(params, state_dtype)
@@ -195,3 +223,18 @@ def scale_by_balanced_adam(
     return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=second)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_low_bit_options(scale_safe: bool, stochastic_rounding: bool) -> None:
+  if scale_safe:
+    raise ValueError(
+      "scale_safe=True keeps sqrt(v) in the state's own dtype; a low-bit"
+      " state_dtype ('int8' or 'int4') already stores sqrt(v): pass one or"
+      " the other."
+    )
+  if not stochastic_rounding:
+    raise ValueError(
+      "stochastic_rounding=False is not available with a low-bit state_dtype"
+      " ('int8' or 'int4'): round-to-nearest codes stall once the per-step"
+      " change is below half a level (see the Low-bit state docs)."
+    )

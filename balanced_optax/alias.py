@@ -17,10 +17,12 @@ def balanced_adam(
   *,
   eps_root: jax.typing.ArrayLike = 0.0,
   nesterov: bool = False,
-  state_dtype: jax.typing.DTypeLike | None = None,
+  state_dtype: jax.typing.DTypeLike | str | None = None,
   scale_safe: bool = False,
   guard_nonfinite: bool = True,
   stochastic_rounding: bool = True,
+  min_size: int | None = None,
+  full_precision_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Adam with its two memories tied: :math:`\beta_1 = \beta_2 = \beta`.
 
@@ -47,12 +49,19 @@ def balanced_adam(
     eps_root: added inside the square root, >= 0, as ``optax.adam``'s.
     nesterov: Nesterov momentum, as ``optax.adam(nesterov=True)``.
     state_dtype: dtype of the moments (e.g. ``"bfloat16"``); ``None`` uses the
-      params' dtype (see :ref:`dtypes`).
+      params' dtype (see :ref:`dtypes`); ``"int8"`` or ``"int4"``: about 2 or
+      1 bytes per parameter (see :doc:`lowbit`).
     scale_safe: keep the second moment in root form (see :ref:`scale-safe`).
     guard_nonfinite: hold the debiased moments of coordinates whose gradient
       is NaN or +-Inf (see :ref:`nonfinite-gradients`).
     stochastic_rounding: round bfloat16 moments stochastically (see
       :ref:`stochastic-rounding`).
+    min_size: with low-bit state, leaves with fewer elements keep float32
+      moments (``None``: 4096).
+    full_precision_mask: with low-bit state, a tree of bools like the params
+      (or a function of the params returning one): True keeps that leaf's
+      moments in float32. Under ``optax.inject_hyperparams`` a callable goes
+      in ``static_args``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -92,6 +101,8 @@ def balanced_adam(
       scale_safe=scale_safe,
       guard_nonfinite=guard_nonfinite,
       stochastic_rounding=stochastic_rounding,
+      min_size=min_size,
+      full_precision_mask=full_precision_mask,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )
@@ -106,10 +117,12 @@ def balanced_adamw(
   *,
   eps_root: jax.typing.ArrayLike = 0.0,
   nesterov: bool = False,
-  state_dtype: jax.typing.DTypeLike | None = None,
+  state_dtype: jax.typing.DTypeLike | str | None = None,
   scale_safe: bool = False,
   guard_nonfinite: bool = True,
   stochastic_rounding: bool = True,
+  min_size: int | None = None,
+  full_precision_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Balanced Adam with decoupled weight decay (AdamW with beta1 = beta2).
 
@@ -140,6 +153,8 @@ def balanced_adamw(
     scale_safe: as in :func:`balanced_adam`.
     guard_nonfinite: as in :func:`balanced_adam`.
     stochastic_rounding: as in :func:`balanced_adam`.
+    min_size: as in :func:`balanced_adam`.
+    full_precision_mask: as in :func:`balanced_adam`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -174,6 +189,8 @@ def balanced_adamw(
     scale_safe=scale_safe,
     guard_nonfinite=guard_nonfinite,
     stochastic_rounding=stochastic_rounding,
+    min_size=min_size,
+    full_precision_mask=full_precision_mask,
   )
   if not callable(weight_decay):
     _checks.check_interval("weight_decay", weight_decay, 0.0)

@@ -43,12 +43,16 @@ _FORMATS = {
   "int8": _Format(jnp.uint16, ratio_bits=10, root_bits=6, root_quarters=1),
   "int4": _Format(jnp.uint8, ratio_bits=6, root_bits=2, root_quarters=16),
 }
+# The state_dtype names, and the default least size of a low-bit leaf (as
+# bitsandbytes and torchao: smaller tensors' state costs little in float32).
+STATE_DTYPES = _checks.LOW_BIT_STATE_DTYPES
+MIN_SIZE = 4096
 # Scales are powers of 2^(1/8): the ratio's byte covers [2^-32, 1] in 9% steps.
 _SCALE_STEPS = 8
 
 
 class LowBitAdamState(NamedTuple):
-  """State of :func:`scale_by_balanced_adam_lowbit`.
+  """State of balanced Adam with a low-bit ``state_dtype`` (``"int8"``, ``"int4"``).
 
   Each tree has the params' structure; a leaf holds arrays where its moments
   are stored that way and ``optax.MaskedNode()`` where they are not.
@@ -219,6 +223,8 @@ def _scales(ratio_code, root_code):
 
 def _encode_blocks(m, v, count, fmt):
   """Codes and scales of blocked float32 moments (scales keep their block axes)."""
+  # With jax_enable_x64 the scalars (the guard's hold) can widen them.
+  m, v = m.astype(jnp.float32), v.astype(jnp.float32)
   root = jnp.sqrt(v)
   ratio = jnp.where(root > 0, m / jnp.where(root > 0, root, 1), 0)
   # Scales round up onto their grids: every |r|/scale and sqrt(v)/scale <= 1.
@@ -322,7 +328,12 @@ def _is_static_positive(x) -> bool:
 
 
 def _quantized_leaves(params, min_size, full_precision_mask):
-  """A tree of bools: which leaves store low-bit moments."""
+  """A tree of bools: which leaves store low-bit moments.
+
+  ``optax.masked`` and ``optax.partition`` hand the transform params with
+  ``optax.MaskedNode()`` holes; a mask written for the whole tree has a bool
+  there, and the hole stays a hole.
+  """
   keep = full_precision_mask
   if callable(keep):
     keep = keep(params)
@@ -330,14 +341,12 @@ def _quantized_leaves(params, min_size, full_precision_mask):
     keep = jax.tree.map(lambda _: False, params)
 
   def quantized(p, k):
+    if _is_masked(p):
+      return p
     size = int(np.prod(p.shape))
     return not k and len(p.shape) >= 1 and size > 0 and size >= min_size
 
-  return jax.tree.map(
-    quantized,
-    params,
-    keep,
-  )
+  return jax.tree.map(quantized, params, keep, is_leaf=_is_masked)
 
 
 def scale_by_balanced_adam_lowbit(
@@ -348,7 +357,7 @@ def scale_by_balanced_adam_lowbit(
   nesterov: bool = False,
   state_dtype: str = "int8",
   guard_nonfinite: bool = True,
-  min_size: int = 4096,
+  min_size: int = MIN_SIZE,
   full_precision_mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""Rescales updates by balanced Adam, keeping large leaves' state in 8 or 4 bits.
@@ -408,7 +417,7 @@ def scale_by_balanced_adam_lowbit(
   _checks.check_interval("eps", eps, 0.0)
   _checks.check_interval("eps_root", eps_root, 0.0)
   if state_dtype not in _FORMATS:
-    raise ValueError(f"state_dtype must be 'int8' or 'int4', got {state_dtype!r}.")
+    raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}.")
   min_size = _checks.integer("min_size", min_size, 0)
   fmt = _FORMATS[state_dtype]
 
@@ -417,8 +426,8 @@ def scale_by_balanced_adam_lowbit(
     for p in jax.tree.leaves(params):
       if jnp.issubdtype(p.dtype, jnp.complexfloating):
         raise ValueError(
-          "scale_by_balanced_adam_lowbit does not support complex params "
-          f"(got {jnp.dtype(p.dtype).name}); use scale_by_balanced_adam."
+          "low-bit state (state_dtype 'int8' or 'int4') does not support complex"
+          f" params (got {jnp.dtype(p.dtype).name}); use a floating state_dtype."
         )
     low = _quantized_leaves(params, min_size, full_precision_mask)
     masked = optax.MaskedNode()
@@ -444,9 +453,11 @@ def scale_by_balanced_adam_lowbit(
       layout=_layout(fmt),
     )
 
-  def moments(g, m, v, hold):
-    m_new = (1 - beta) * g + beta * m
-    v_new = (1 - beta) * g * g + beta * v
+  def moments(g, m, v, hold, beta=beta):
+    # The float path's EMA, rounding for rounding: leaves kept in float32
+    # update bitwise as scale_by_balanced_adam's.
+    m_new = _tree.ema(beta, g, m)
+    v_new = _tree.ema(beta, _tree.abs2(g), v)
     if guard_nonfinite:
       finite = jnp.isfinite(g)
       m_new = jnp.where(finite, m_new, hold * m)
@@ -472,9 +483,7 @@ def scale_by_balanced_adam_lowbit(
 
   def update_fn(updates, state, params=None):
     _checks.check_same_structure(
-      "scale_by_balanced_adam_lowbit",
-      updates,
-      jax.tree.map(lambda _: 0, state.mu, is_leaf=_is_masked),
+      "scale_by_balanced_adam_lowbit", updates, _params_like(state)
     )
     expected = _layout(fmt)
     if not isinstance(state.layout, jax.core.Tracer) and not np.array_equal(
@@ -519,7 +528,9 @@ def scale_by_balanced_adam_lowbit(
           ratio_limit=jnp.sqrt(1 - beta**state.count),
         )
         g = _blocked(g.astype(jnp.float32))
-        m, v = moments(g, m, v, hold)
+        # beta as float32, constant or traced alike: 1 - beta rounds the same
+        # under optax.inject_hyperparams, and so do the codes' bits.
+        m, v = moments(g, m, v, hold, beta=jnp.asarray(beta, jnp.float32))
         outs.append(
           _unblocked(direction(g, m, v, c, c_next, ok), shape).astype(out_dtype)
         )
@@ -540,7 +551,7 @@ def scale_by_balanced_adam_lowbit(
         outs.append(direction(g, m, v, c, c_next, ok).astype(out_dtype))
         new.append((codes, s_r, s_q, m.astype(mu.dtype), v.astype(nu.dtype)))
     codes, ratio_scale, root_scale, mu, nu = (
-      jax.tree.unflatten(treedef, list(f)) for f in zip(*new, strict=True)
+      jax.tree.unflatten(treedef, [n[i] for n in new]) for i in range(5)
     )
     return jax.tree.unflatten(treedef, outs), LowBitAdamState(
       count=count,
@@ -555,6 +566,17 @@ def scale_by_balanced_adam_lowbit(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _params_like(state: LowBitAdamState) -> Any:
+  """A tree of the params' structure, ``optax.MaskedNode()`` holes kept: a
+  leaf's moments are in ``mu`` or in ``codes``, a hole's in neither."""
+  treedef = jax.tree.structure(state.mu, is_leaf=_is_masked)
+  mus, codes = (treedef.flatten_up_to(t) for t in (state.mu, state.codes))
+  return jax.tree.unflatten(
+    treedef,
+    [c if _is_masked(m) else 0 for m, c in zip(mus, codes, strict=True)],
+  )
+
+
 def moments(state: LowBitAdamState) -> tuple[Any, Any]:
   """The first and second moments of a :class:`LowBitAdamState`, decoded.
 
@@ -566,7 +588,7 @@ def moments(state: LowBitAdamState) -> tuple[Any, Any]:
     >>> _, state = tx.update(jnp.full(64, 2.0), state)
     >>> mu, nu = lowbit.moments(state)
     >>> print(mu[:2], nu[:2])  # 0.2 and 0.4, to the codes' precision
-    [0.20531629 0.20531629] [0.42044824 0.42044824]
+    [0.18827587 0.18827587] [0.35355344 0.35355344]
   """
   treedef = jax.tree.structure(state.mu, is_leaf=_is_masked)
   fields = (state.codes, state.ratio_scale, state.root_scale, state.mu, state.nu)
@@ -574,7 +596,7 @@ def moments(state: LowBitAdamState) -> tuple[Any, Any]:
   for codes, s_r, s_q, mu, nu in zip(
     *(treedef.flatten_up_to(f) for f in fields), strict=True
   ):
-    if _is_masked(mu):
+    if _is_masked(mu) and not _is_masked(codes):
       mu, nu = decode(codes, s_r, s_q, _format_of(codes))
     mus.append(mu)
     nus.append(nu)

@@ -28,11 +28,16 @@ import optax
 from jax.tree_util import GetAttrKey
 from optax.tree_utils import NamedTupleKey
 
-from balanced_optax import _checks, _tree
+from balanced_optax import _checks, _tree, lowbit
 from balanced_optax.adam import ScaleSafeAdamState
 from balanced_optax.moments import GradientMoments, VarianceEmaState, read_adam_moments
 
-_MOMENT_STATES = (optax.ScaleByAdamState, ScaleSafeAdamState, VarianceEmaState)
+_MOMENT_STATES = (
+  optax.ScaleByAdamState,
+  ScaleSafeAdamState,
+  VarianceEmaState,
+  lowbit.LowBitAdamState,
+)
 # Hyperparameter names that hold the Adam memory, most specific first: a Muon
 # optimizer's 'beta' is its momentum, and its Adam half has its own.
 _BETA_KEYS = (("adam_beta",), ("adam_b1", "adam_b2"), ("beta",), ("b1", "b2"))
@@ -223,10 +228,16 @@ def _moment_states(opt_state) -> list[tuple[Any, Any]]:
   found = []
   for state_type in _MOMENT_STATES:
     for path, state in optax.tree.get_all_with_path(opt_state, state_type.__name__):
-      # Past the count, Muon's Adam group over matrices only holds no array.
-      if isinstance(state, state_type) and jax.tree.leaves(state[1:]):
+      # Muon's Adam group over matrices only holds no moments.
+      if isinstance(state, state_type) and _holds_moments(state):
         found.append((path, state))
   return found
+
+
+def _holds_moments(state) -> bool:
+  if isinstance(state, lowbit.LowBitAdamState):  # Its layout is no moment.
+    return bool(jax.tree.leaves((state.codes, state.mu)))
+  return bool(jax.tree.leaves(state[1:]))  # Past the count.
 
 
 def _injected_betas(opt_state) -> list[tuple[Any, _Betas]]:
@@ -288,14 +299,17 @@ def _read(state, betas: _Betas | None) -> GradientMoments:
   if isinstance(state, VarianceEmaState):
     variance = jax.tree.map(jnp.real, _tree.upcast(state.variance))
     return GradientMoments(_tree.upcast(state.mean), variance)
+  mu = state.mu
   if isinstance(state, ScaleSafeAdamState):
     nu = jax.tree.map(lambda rms: jnp.square(_tree.upcast(rms)), state.rms)
+  elif isinstance(state, lowbit.LowBitAdamState):
+    mu, nu = lowbit.moments(state)
   else:
     nu = state.nu
   assert betas is not None, "an Adam state is read with its betas"
   # count 0 (no update yet): the moments are 0, and so are mean and variance.
   count = jnp.maximum(state.count, 1)
-  return read_adam_moments(state.mu, nu, count, *betas)
+  return read_adam_moments(mu, nu, count, *betas)
 
 
 def _merge(parts: list[tuple[str, GradientMoments]]) -> GradientMoments:
@@ -335,7 +349,8 @@ def moments_from_state(
   r"""The debiased gradient mean and variance held in an optimizer state.
 
   Finds every ``optax.ScaleByAdamState``, ``ScaleSafeAdamState`` (with
-  :math:`\nu = \text{rms}^2`) and ``VarianceEmaState`` in ``opt_state``, in
+  :math:`\nu = \text{rms}^2`), low-bit ``LowBitAdamState`` (decoded by
+  ``lowbit.moments``) and ``VarianceEmaState`` in ``opt_state``, in
   any optax wrapper and in a flax nnx optimizer's state, and reads each Adam
   state as :func:`balanced_optax.tied_moments` emits it: with
   :math:`c_i = 1 - \beta_i^{\max(\text{count}, 1)}`,

@@ -63,10 +63,12 @@ def balanced_muon(
   adam_eps_root: jax.typing.ArrayLike = 0.0,
   adam_weight_decay: optax.ScalarOrSchedule = 0.0,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
-  state_dtype: jax.typing.DTypeLike | None = None,
+  state_dtype: jax.typing.DTypeLike | str | None = None,
   scale_safe: bool = False,
   guard_nonfinite: bool = True,
   stochastic_rounding: bool = True,
+  min_size: int | None = None,
+  full_precision_mask: Any = None,
 ) -> optax.GradientTransformation:
   r"""Muon on the hidden matrices and balanced Adam on every other leaf.
 
@@ -112,10 +114,16 @@ def balanced_muon(
     adam_weight_decay: decoupled weight decay of the Adam leaves, >= 0.
     adam_learning_rate: Adam's learning rate, a constant >= 0 or a schedule
       (None: ``learning_rate``).
-    state_dtype: dtype of balanced Adam's moments (None: the params').
+    state_dtype: dtype of balanced Adam's moments (None: the params'), or
+      ``"int8"`` / ``"int4"`` for low-bit Adam state (see :doc:`lowbit`).
     scale_safe: balanced Adam's root-form second moment.
     guard_nonfinite: balanced Adam's non-finite guard.
     stochastic_rounding: stochastic rounding of bfloat16 Adam moments.
+    min_size: low-bit Adam state: leaves with fewer elements keep float32
+      moments (None: 4096).
+    full_precision_mask: low-bit Adam state: a tree of bools like the params
+      (or a function of the params returning one), True where an Adam leaf
+      keeps float32 moments.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -211,6 +219,8 @@ def balanced_muon(
     scale_safe=scale_safe,
     guard_nonfinite=guard_nonfinite,
     stochastic_rounding=stochastic_rounding,
+    min_size=min_size,
+    full_precision_mask=full_precision_mask,
   )
   return optax.partition(
     {_MUON: muon, _ADAM: adam}, _labels(muon_weight_dimension_numbers)

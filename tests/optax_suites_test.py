@@ -13,9 +13,9 @@ import pytest
 from tests import optax_suites
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The fast tier runs optax's alias and contrib tests on balanced_adam; the
-# full suite on every other path too.
-_FAST_PATHS = ("balanced_adam",)
+# The fast tier runs optax's alias and contrib tests on balanced_adam and
+# int8 state; the full suite on every other path too.
+_FAST_PATHS = ("balanced_adam", "int8_state")
 _OTHER_PATHS = tuple(p for p in optax_suites.OPTIMIZERS if p not in _FAST_PATHS)
 
 AliasSuite = optax_suites.alias_suite(_FAST_PATHS)

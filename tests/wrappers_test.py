@@ -87,11 +87,17 @@ class WrappersTest(chex.TestCase):
     streams.assert_leafwise_close(jax.tree.map(lambda u: u[2::3], got), want, rtol=1e-5)
     self.assertGreater(float(np.abs(np.asarray(want["z"]).imag).max()), 1e-3)
 
-  @parameterized.parameters(True, False)
-  def test_apply_if_finite_skips_a_nan_step_and_keeps_the_state(self, guard):
-    params = streams.nested_params()
+  @parameterized.named_parameters(
+    ("guarded", {}),
+    ("unguarded", {"guard_nonfinite": False}),
+    ("int8", {"state_dtype": "int8", "min_size": 64}),
+    ("int4", {"state_dtype": "int4", "min_size": 64}),
+  )
+  def test_apply_if_finite_skips_a_nan_step_and_keeps_the_state(self, options):
+    # "big" keeps low-bit moments under a low-bit state_dtype.
+    params = {**streams.nested_params(), "big": jnp.zeros((8, 64))}
     grads = streams.gradient_stream(params, 10, seed=22)
-    tx = optax.apply_if_finite(bo.balanced_adam(1e-3, 0.9, guard_nonfinite=guard), 3)
+    tx = optax.apply_if_finite(bo.balanced_adam(1e-3, 0.9, **options), 3)
     update = jax.jit(tx.update)
     _, state = streams.run(update, tx.init(params), grads[:5], params)
     bad = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads[5])
@@ -177,6 +183,77 @@ def test_state_follows_the_params_named_sharding_on_8_devices(run_on_8_devices):
   run_on_8_devices(_SHARDING_SCRIPT, "SHARDING OK")
 
 
+_LOW_BIT_SHARDING_SCRIPT = textwrap.dedent(
+  """
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    import balanced_optax as bo
+    from balanced_optax import lowbit
+
+    assert jax.device_count() == 8, jax.devices()
+    rng = np.random.default_rng(0)
+    # FSDP: the first axis over 8 devices; shards hold whole blocks (64 along a
+    # long last axis, 32 rows of a short one).
+    shapes = {"w": (64, 256), "v": (512,), "k": (256, 3), "b": (8,)}
+    specs = {"w": P("fsdp", None), "v": P("fsdp"), "k": P("fsdp", None), "b": P()}
+    mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
+    shardings = {k: NamedSharding(mesh, s) for k, s in specs.items()}
+    def sample(shape):
+      return jnp.asarray(rng.normal(size=shape) + 0.2, jnp.float32)
+    grads = [{k: sample(s) for k, s in shapes.items()} for _ in range(6)]
+    params = {k: jnp.zeros(s) for k, s in shapes.items()}
+    for mode in ("int8", "int4"):
+      tx = bo.scale_by_balanced_adam(0.95, state_dtype=mode, min_size=64)
+      state_specs = lowbit.LowBitAdamState(P(), specs, specs, specs, specs, specs, P())
+      state_shardings = jax.tree.map(
+        lambda s: NamedSharding(mesh, s), state_specs,
+        is_leaf=lambda x: isinstance(x, P))
+      # One device.
+      update = jax.jit(tx.update)
+      state, single = tx.init(params), []
+      for g in grads:
+        u, state = update(g, state, params)
+        single.append((u, state))
+      # FSDP under jit: sharded params, gradients and state.
+      sharded = lambda tree, sh: jax.device_put(tree, sh)
+      p_sh = sharded(params, shardings)
+      state = sharded(jax.jit(tx.init)(p_sh), state_shardings)
+      fsdp = []
+      for g in grads:
+        u, state = update(sharded(g, shardings), state, p_sh)
+        fsdp.append((u, state))
+      assert state.codes["w"].sharding.is_equivalent_to(shardings["w"], 2)
+      # shard_map: each device runs the transform on its own shard.
+      mapped = jax.jit(jax.shard_map(
+        tx.update, mesh=mesh, in_specs=(specs, state_specs, specs),
+        out_specs=(specs, state_specs)))
+      state = sharded(tx.init(params), state_shardings)
+      shard_mapped = []
+      for g in grads:
+        u, state = mapped(sharded(g, shardings), state, p_sh)
+        shard_mapped.append((u, state))
+      for name, run in (("fsdp", fsdp), ("shard_map", shard_mapped)):
+        for step, (a, b) in enumerate(zip(single, run)):
+          for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            assert x.dtype == y.dtype and x.shape == y.shape, (mode, name)
+            np.testing.assert_array_equal(
+                np.asarray(x), np.asarray(y), err_msg=f"{mode} {name} {step}")
+      assert np.abs(np.asarray(single[-1][0]["w"])).max() > 0.1
+    print("LOW-BIT SHARDING OK")
+    """
+)
+
+
+@pytest.mark.slow
+def test_low_bit_state_is_bitwise_equal_on_one_device_fsdp_and_shard_map(
+  run_on_8_devices,
+):
+  """jit on one device == jit with FSDP-sharded params, gradients and state
+  == shard_map of the transform over the shards, bit for bit: blocks never
+  straddle a shard and the rounding bits hash values, not positions."""
+  run_on_8_devices(_LOW_BIT_SHARDING_SCRIPT, "LOW-BIT SHARDING OK")
+
+
 if __name__ == "__main__":
   import absl.testing.absltest
 
@@ -215,3 +292,112 @@ def test_python_scalar_leaves_as_optax(name):
     want, ref_state = ref.update(grads, ref_state, params)
     chex.assert_trees_all_close(got, want, rtol=1e-6)
     chex.assert_trees_all_equal_dtypes(got, want)
+
+
+# ---- Low-bit state (state_dtype="int8" / "int4") under the same wrappers:
+# each wrapper's result equals the optimizer run by hand on what the wrapper
+# gives it (the codes' rounding bits hash values and the count, not positions).
+
+LOW_BIT_MODES = ("int8", "int4")
+
+
+def _low_bit(mode, learning_rate=1e-2):
+  return bo.balanced_adam(learning_rate, 0.9, state_dtype=mode, min_size=64)
+
+
+def _low_bit_params():
+  """Two low-bit leaves (>= 64 elements), a float32 one and a scalar."""
+  return {
+    "w": jnp.zeros((8, 64)),
+    "layers": [jnp.zeros((128,)), jnp.zeros(())],
+    "head": {"b": jnp.zeros((2, 1, 3))},
+  }
+
+
+def _subtree(tree, keys):
+  return {k: tree[k] for k in keys}
+
+
+@pytest.mark.parametrize("mode", LOW_BIT_MODES)
+def test_low_bit_inject_hyperparams_equals_the_plain_optimizer(mode):
+  params = _low_bit_params()
+  grads = streams.gradient_stream(params, 20, seed=30)
+  injected = optax.inject_hyperparams(bo.balanced_adam, static_args=("min_size",))(
+    learning_rate=1e-2, beta=0.9, state_dtype=mode, min_size=64
+  )
+  got, state = streams.reference(injected, grads, params)
+  want, want_state = streams.reference(_low_bit(mode), grads, params)
+  # beta traced or constant, the codes are the same bits (the float32 leaves'
+  # 1 - beta rounds apart by an ulp, as on the float path).
+  got_low, want_low = state.inner_state[0], want_state[0]
+  for field in ("codes", "ratio_scale", "root_scale"):
+    chex.assert_trees_all_equal(getattr(got_low, field), getattr(want_low, field))
+  chex.assert_trees_all_close(got_low.mu, want_low.mu, rtol=1e-5)
+  streams.assert_leafwise_close(got, want, rtol=1e-6)
+  # The learning rate is live: halving it halves the next update.
+  state.hyperparams["learning_rate"] = jnp.asarray(5e-3)
+  half, _ = jax.jit(injected.update)(grads[0], state, params)
+  full, _ = jax.jit(_low_bit(mode).update)(grads[0], want_state, params)
+  chex.assert_trees_all_close(half, jax.tree.map(lambda u: u / 2, full), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", LOW_BIT_MODES)
+def test_low_bit_masked_equals_the_optimizer_on_the_masked_leaves(mode):
+  params = _low_bit_params()
+  grads = streams.gradient_stream(params, 20, seed=31)
+  mask = {"w": True, "layers": [True, False], "head": {"b": False}}
+  got, state = streams.reference(optax.masked(_low_bit(mode), mask), grads, params)
+  keep = lambda t: {"w": t["w"], "l0": t["layers"][0]}
+  want, _ = streams.reference(_low_bit(mode), [keep(g) for g in grads], keep(params))
+  chex.assert_trees_all_close(keep(got), want, rtol=1e-6, atol=1e-9)
+  np.testing.assert_array_equal(got["head"]["b"][-1], grads[-1]["head"]["b"])
+  assert state.inner_state[0].codes["w"].dtype in (jnp.uint16, jnp.uint8)
+
+
+@pytest.mark.parametrize("mode", LOW_BIT_MODES)
+def test_low_bit_multi_steps_equals_the_optimizer_on_mean_gradients(mode):
+  params = _low_bit_params()
+  grads = streams.gradient_stream(params, 16, seed=32)
+  got, _ = streams.reference(optax.MultiSteps(_low_bit(mode), 4), grads, params)
+  means = [
+    jax.tree.map(lambda *g: sum(g) / 4, *grads[i : i + 4]) for i in range(0, 16, 4)
+  ]
+  want, _ = streams.reference(_low_bit(mode), means, params)
+  moved = np.abs(got["w"]).sum(axis=(1, 2)) > 0
+  np.testing.assert_array_equal(moved, np.arange(16) % 4 == 3)
+  got = jax.tree.map(lambda u: u[3::4], got)
+  chex.assert_trees_all_close(got["head"], want["head"], rtol=1e-5)
+  # MultiSteps' running mean is the mean to float rounding, and a value an
+  # ulp away draws other rounding bits: low-bit leaves agree to rounding noise
+  # (RMS gaps measured 0.007 int8, 0.09 int4).
+  for k in ("w", "layers"):
+    a, b = (
+      np.concatenate([x.ravel() for x in jax.tree.leaves(t[k])]) for t in (got, want)
+    )
+    gap = np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2))
+    assert gap < (0.03 if mode == "int8" else 0.3)
+
+
+def test_low_bit_partition_equals_each_group_on_its_own():
+  params = _low_bit_params()
+  grads = streams.gradient_stream(params, 20, seed=33)
+  labels = {"w": "int8", "layers": ["int4", "float"], "head": {"b": "float"}}
+  tx = optax.partition(
+    {
+      "int8": _low_bit("int8"),
+      "int4": _low_bit("int4"),
+      "float": bo.balanced_adam(1e-2, 0.9),
+    },
+    labels,
+  )
+  got, state = streams.reference(tx, grads, params)
+  for label, pick in (
+    ("int8", lambda t: t["w"]),
+    ("int4", lambda t: t["layers"][0]),
+  ):
+    want, _ = streams.reference(_low_bit(label), [pick(g) for g in grads], pick(params))
+    chex.assert_trees_all_close(pick(got), want, rtol=1e-6, atol=1e-9)
+  want, _ = streams.reference(bo.balanced_adam(1e-2, 0.9), grads, params)
+  chex.assert_trees_all_close(got["head"], want["head"], rtol=1e-6)
+  moments = bo.moments_from_state(state, 0.9)
+  assert moments.mean["w"].shape == (8, 64)

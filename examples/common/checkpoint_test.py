@@ -29,6 +29,16 @@ OPTIMIZERS = {
   "apply_if_finite_balanced_adam": lambda: optax.apply_if_finite(
     balanced_optax.balanced_adam(0.01), max_consecutive_errors=3
   ),
+  # min_size=0: every leaf with an axis keeps low-bit moments (the scalar none).
+  **{
+    f"balanced_adamw_{mode}_state": lambda mode=mode: balanced_optax.balanced_adamw(
+      0.01,
+      state_dtype=mode,
+      min_size=0,
+      full_precision_mask={"dense": {"kernel": False, "bias": True}, "embed": False},
+    )
+    for mode in ("int8", "int4")
+  },
 }
 
 
@@ -75,6 +85,23 @@ def test_restored_optimizer_state_gives_bit_identical_next_updates(name, tmp_pat
   continued = _run(tx, params, opt_state, range(5, 10))
   resumed = _run(tx, restored["params"], restored["opt_state"], range(5, 10))
   _assert_bitwise_equal(resumed, continued)
+
+
+def test_a_low_bit_checkpoint_of_another_layout_is_refused(tmp_path):
+  """An int8 state restored into an int4 optimizer's template takes the
+  template's dtypes, but keeps the layout it was written with: the update
+  refuses it rather than misreading the codes."""
+  int8, int4 = (
+    balanced_optax.balanced_adam(0.01, state_dtype=mode, min_size=0)
+    for mode in ("int8", "int4")
+  )
+  params = _params()
+  _, opt_state, _ = _run(int8, params, int8.init(params), range(3))
+  Checkpointer(str(tmp_path)).save(3, opt_state)
+  restored = Checkpointer(str(tmp_path)).restore(3, int4.init(params))
+  assert restored[0].codes["embed"].dtype == jnp.uint8
+  with pytest.raises(ValueError, match="layout"):
+    int4.update(_grads(3, params), restored, params)
 
 
 def test_keeps_the_newest_and_ignores_an_unfinished_save(tmp_path):

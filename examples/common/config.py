@@ -24,6 +24,9 @@ import balanced_optax
 from balanced_optax import _checks
 
 OPTIMIZERS = ("balanced_adam", "adam", "signum", "rmsprop", "sgd")
+# Balanced Adam's state_dtype: float moments, or low-bit codes (about 2 and 1
+# bytes per parameter for leaves of 4096 elements or more).
+STATE_DTYPES = ("float32", "bfloat16", "int8", "int4")
 # What ``beta`` may be besides a float in [0, 1).
 BETA_RULES = ("auto", "refresh", "run_length")
 # The run-length rule's R in beta = 1 - R / num_steps: the geometric mean of
@@ -136,6 +139,18 @@ def check_beta(config: "TrainConfig") -> None:
     check_with_library("beta", beta)
 
 
+def check_state_dtype(config: "TrainConfig") -> None:
+  """``state_dtype``: one of :data:`STATE_DTYPES`; other than float32 only
+  for balanced Adam, whose state it is."""
+  check_choice("state_dtype", config.state_dtype, STATE_DTYPES)
+  if config.state_dtype != "float32" and config.optimizer != "balanced_adam":
+    raise ConfigError(
+      f"config.state_dtype={config.state_dtype!r} sets balanced Adam's state,"
+      f" but config.optimizer={config.optimizer!r}: use"
+      " optimizer='balanced_adam' or state_dtype='float32'"
+    )
+
+
 def check_pilot(config: "TrainConfig") -> None:
   """The ``beta="auto"`` pilot's fields, by ``balanced_optax.select_beta``'s
   rules: at least two distinct lags in [1, pilot_steps - 1], and probes that
@@ -212,6 +227,13 @@ class TrainConfig:
       [1, pilot_steps - 1]; checkpoints at ``pilot_steps - n``.
     pilot_num_probes: fresh training-batch gradients drawn at each pilot
       checkpoint (split into 4 groups for the noise estimate: a multiple of 4).
+    state_dtype: balanced Adam's moments: ``float32``, ``bfloat16``, or the
+      low-bit ``int8`` (2.05 bytes per parameter) and ``int4`` (1.05) of
+      ``balanced_optax``'s state_dtype, for leaves of 4096 elements or more
+      (``state_min_size``; smaller ones keep float32). Needs
+      ``optimizer=balanced_adam`` unless ``float32``.
+    state_min_size: with a low-bit ``state_dtype``, leaves with fewer
+      elements keep float32 moments (an integer >= 0; bitsandbytes' 4096).
     b1: Adam's first-moment memory; Signum's momentum; in [0, 1).
     b2: Adam's second-moment memory; RMSprop's decay; in [0, 1).
     eps: added to the denominator of the adaptive optimizers (>= 0).
@@ -245,6 +267,8 @@ class TrainConfig:
   pilot_steps: int = 200
   pilot_lags: tuple[int, ...] = (20, 50, 100)
   pilot_num_probes: int = 16
+  state_dtype: str = "float32"
+  state_min_size: int = 4096
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
@@ -276,6 +300,8 @@ class TrainConfig:
     check_number("final_lr_fraction", self.final_lr_fraction, 0, 1)
     check_beta(self)
     check_pilot(self)
+    check_state_dtype(self)
+    check_integer("state_min_size", self.state_min_size, 0)
     # Each is a memory in [0, 1), as balanced Adam's beta is.
     for field in ("b1", "b2", "momentum"):
       check_with_library(field, getattr(self, field), argument="beta")

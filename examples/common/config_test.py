@@ -196,6 +196,13 @@ BAD_FIELDS = [
     "config.pilot_num_probes must be a multiple of 4 (the pilot's noise groups)"
     " >= 4, got 0",
   ),
+  (
+    "state_dtype",
+    "int2",
+    "config.state_dtype must be one of ('float32', 'bfloat16', 'int8', 'int4'),"
+    " got 'int2'",
+  ),
+  ("state_min_size", -1, "config.state_min_size must be an integer >= 0, got -1"),
   ("b1", 1.0, "config.b1 must be in [0.0, 1.0), got 1.0."),
   ("b2", -0.5, "config.b2 must be in [0.0, 1.0), got -0.5."),
   ("eps", -1e-8, "config.eps must be in [0.0, inf), got -1e-08."),
@@ -223,6 +230,15 @@ BAD_FIELDS = [
   ("fsdp", "yes", "config.fsdp must be a bool, got 'yes'"),
   ("progress_bar", 1, "config.progress_bar must be a bool, got 1"),
 ]
+
+
+def test_low_bit_state_needs_balanced_adam():
+  config = TrainConfig(optimizer="adam", state_dtype="int8")
+  with pytest.raises(ConfigError, match=r"^config\.state_dtype='int8' sets balanced"):
+    config.validate()
+  TrainConfig(optimizer="adam", state_dtype="float32").validate()
+  for state_dtype in ("bfloat16", "int8", "int4"):
+    TrainConfig(state_dtype=state_dtype).validate()
 
 
 def test_every_shared_field_has_a_bad_value():

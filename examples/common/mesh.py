@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from balanced_optax import lowbit
+
 DATA_AXIS = "data"
 # Arrays smaller than this are replicated: splitting them saves little memory
 # and costs a collective each.
@@ -85,15 +87,61 @@ def fsdp_spec(shape: tuple[int, ...], num_shards: int) -> PartitionSpec:
   return PartitionSpec(*(DATA_AXIS if d == axis else None for d in range(len(shape))))
 
 
+def block_aligned_spec(shape: tuple[int, ...], num_shards: int) -> PartitionSpec:
+  """:func:`fsdp_spec` for a low-bit moment: only dimensions whose shards hold
+  whole blocks of ``balanced_optax.lowbit`` (64 along the last axis, or
+  ``block_shape``'s rows along the one before a short last axis)."""
+  if num_shards == 1 or int(np.prod(shape)) < MIN_FSDP_SIZE:
+    return PartitionSpec()
+  rows, cols = lowbit.block_shape(shape)
+  extent = [1] * len(shape)
+  extent[-1] = cols
+  if len(shape) > 1:
+    extent[-2] = rows
+  aligned = [d for d, n in enumerate(shape) if n % (num_shards * extent[d]) == 0]
+  if not aligned:
+    return PartitionSpec()
+  axis = max(aligned, key=lambda d: shape[d])
+  return PartitionSpec(*(DATA_AXIS if d == axis else None for d in range(len(shape))))
+
+
+def _low_bit_specs(state: lowbit.LowBitAdamState, num_shards: int):
+  """A low-bit state's specs: each leaf's codes and both its per-block scales
+  split along one block-aligned dimension (the scales have the leaf's rank,
+  blocks counted, so a split of whole blocks splits them alike)."""
+  specs = jax.tree.map(lambda c: block_aligned_spec(c.shape, num_shards), state.codes)
+  return state._replace(
+    count=PartitionSpec(),
+    codes=specs,
+    ratio_scale=specs,
+    root_scale=specs,
+    mu=jax.tree.map(lambda x: fsdp_spec(x.shape, num_shards), state.mu),
+    nu=jax.tree.map(lambda x: fsdp_spec(x.shape, num_shards), state.nu),
+    layout=PartitionSpec(),
+  )
+
+
 def state_shardings(abstract_state, mesh: jax.sharding.Mesh, fsdp: bool):
   """Shardings for a tree of arrays (params, optimizer state, step).
 
   A moment shaped like its parameter gets the parameter's sharding, so the
-  optimizer update runs shard by shard with no communication.
+  optimizer update runs shard by shard with no communication. Low-bit
+  moments (``state_dtype="int8"`` / ``"int4"``) split only where shards hold
+  whole blocks, codes and scales alike.
   """
   num_shards = mesh.shape[DATA_AXIS] if fsdp else 1
+  is_low_bit = lambda x: isinstance(x, lowbit.LowBitAdamState)
+  specs = jax.tree.map(
+    lambda x: (
+      _low_bit_specs(x, num_shards) if is_low_bit(x) else fsdp_spec(x.shape, num_shards)
+    ),
+    abstract_state,
+    is_leaf=is_low_bit,
+  )
   return jax.tree.map(
-    lambda x: NamedSharding(mesh, fsdp_spec(x.shape, num_shards)), abstract_state
+    lambda spec: NamedSharding(mesh, spec),
+    specs,
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
   )
 
 

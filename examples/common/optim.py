@@ -10,7 +10,7 @@ Every optimizer is the chain
 so runs differ only in the direction:
 
   =================  =======================================================
-  ``balanced_adam``  ``balanced_optax.balanced_adamw(beta, eps)``: b1 = b2
+  ``balanced_adam``  ``balanced_adamw(beta, eps, state_dtype)``: b1 = b2
   ``adam``           ``optax.adamw(b1, b2, eps)``, untied memories
   ``signum``         sign of an EMA (memory ``b1``) of the gradient
   ``rmsprop``        ``g / (sqrt(EMA_b2(g^2)) + eps)``
@@ -27,6 +27,8 @@ import optax
 
 import balanced_optax
 from examples.common.config import OPTIMIZERS, TrainConfig
+
+LOW_BIT = ("int8", "int4")
 
 
 def make_schedule(config: TrainConfig) -> optax.Schedule:
@@ -83,7 +85,13 @@ def make_optimizer(
   schedule = make_schedule(config)
   if config.optimizer == "balanced_adam":
     core = balanced_optax.balanced_adamw(
-      schedule, config.beta, config.eps, config.weight_decay, decay_mask
+      schedule,
+      config.beta,
+      config.eps,
+      config.weight_decay,
+      decay_mask,
+      state_dtype=config.state_dtype,
+      min_size=config.state_min_size if config.state_dtype in LOW_BIT else None,
     )
   elif config.optimizer == "adam":
     core = optax.adamw(
