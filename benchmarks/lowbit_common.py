@@ -5,15 +5,15 @@ r"""The optimizers the low-bit benchmarks compare: one function, five stores.
   ============  ==========================================================
   ``float32``   :func:`balanced_optax.balanced_adamw` (8 bytes per param)
   ``bfloat16``  the same with ``state_dtype="bfloat16"`` (4)
-  ``int8``      :func:`balanced_optax.lowbit.scale_by_balanced_adam_lowbit`
-                with ``state_dtype="int8"`` (2.05)
+  ``int8``      the same with ``state_dtype="int8"`` (2.05)
   ``int4``      the same with ``state_dtype="int4"`` (1.05)
   ``bnb``       a bitsandbytes-style 8-bit reference (2.02), built here:
                 :func:`scale_by_bnb_adam`
   ============  ==========================================================
 
-every one chained with decoupled weight decay and the learning rate, so that
-the stores differ only in how the moments are kept. ``min_size`` is the
+(``balanced_adam`` without weight decay), the reference chained with the
+same decoupled weight decay and learning rate, so that the stores differ only
+in how the moments are kept. ``min_size`` is the
 low-bit stores' size threshold: leaves with fewer elements keep float32
 moments (4096 by default, as bitsandbytes and torchao; the tiny models of
 :mod:`benchmarks.workloads` need it lowered to be quantized at all).
@@ -27,7 +27,6 @@ import numpy as np
 import optax
 
 import balanced_optax as bo
-from balanced_optax import lowbit
 from benchmarks import lowbit_codes
 
 STORES = ("float32", "bfloat16", "int8", "int4", "bnb")
@@ -52,23 +51,22 @@ def optimizer(
   A ``weight_decay`` of (Python) 0 leaves the decay out: balanced Adam.
   """
   decay = not (isinstance(weight_decay, int | float) and weight_decay == 0)
-  if store in ("float32", "bfloat16"):
+  if store in ("float32", "bfloat16", "int8", "int4"):
     state_dtype = None if store == "float32" else store
+    low_bit = {"min_size": min_size} if store in ("int8", "int4") else {}
     if not decay:
-      return bo.balanced_adam(learning_rate, beta, state_dtype=state_dtype)
+      return bo.balanced_adam(learning_rate, beta, state_dtype=state_dtype, **low_bit)
     return bo.balanced_adamw(
-      learning_rate, beta, weight_decay=weight_decay, state_dtype=state_dtype
+      learning_rate,
+      beta,
+      weight_decay=weight_decay,
+      state_dtype=state_dtype,
+      **low_bit,
     )
-  if store in ("int8", "int4"):
-    scale = lowbit.scale_by_balanced_adam_lowbit(
-      beta=beta, state_dtype=store, min_size=min_size
-    )
-  elif store == "bnb":
-    scale = scale_by_bnb_adam(beta, min_size=min_size)
-  else:
+  if store != "bnb":
     raise ValueError(f"store must be one of {STORES}, got {store!r}.")
   return optax.chain(
-    scale,
+    scale_by_bnb_adam(beta, min_size=min_size),
     optax.add_decayed_weights(weight_decay) if decay else optax.identity(),
     optax.scale_by_learning_rate(learning_rate),
   )

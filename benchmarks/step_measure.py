@@ -119,12 +119,12 @@ VARIANTS = (
   Variant(
     "balanced_adam_int8",
     lambda: lowbit_common.optimizer("int8", LEARNING_RATE, BETA),
-    "lowbit.scale_by_balanced_adam_lowbit(state_dtype='int8'): 2.05 B/param",
+    "balanced_adam(state_dtype='int8'): 2.05 B/param",
   ),
   Variant(
     "balanced_adam_int4",
     lambda: lowbit_common.optimizer("int4", LEARNING_RATE, BETA),
-    "lowbit.scale_by_balanced_adam_lowbit(state_dtype='int4'): 1.05 B/param",
+    "balanced_adam(state_dtype='int4'): 1.05 B/param",
   ),
   Variant(
     "balanced_adam_bf16_nearest",
