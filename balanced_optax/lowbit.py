@@ -140,18 +140,26 @@ def _uniforms(x: jax.Array, seed: jax.Array) -> tuple[jax.Array, jax.Array]:
   ) * scale
 
 
-# 2^(i/8), and the float32 mantissa bits of 2^(i/4) - 1 for i = 1, 2, 3.
-_EIGHTHS = tuple(2.0 ** (i / 8) for i in range(8))
+# The float32 mantissa bits of 2^(i/8) (i = 0..7) and of 2^(i/4) - 1 for
+# i = 1, 2, 3.
+_EIGHTH_MANTISSAS = tuple(
+  int(np.float32(2.0 ** (i / 8)).view(np.int32)) & 0x7FFFFF for i in range(8)
+)
 _QUARTER_MANTISSAS = tuple(int((2.0 ** (i / 4) - 1) * 2**23) for i in (1, 2, 3))
 
 
 def _pow2_eighths(n: jax.Array) -> jax.Array:
-  """2^(n/8) in float32 for integers -1008 <= n <= 0: bits and a select."""
-  octave = lax.bitcast_convert_type(((n >> 3) + 127) << 23, jnp.float32)
-  factor = _EIGHTHS[0]
-  for i in range(1, 8):
-    factor = jnp.where((n & 7) == i, _EIGHTHS[i], factor)
-  return octave * factor
+  """2^(n/8) in float32 for integers -1008 <= n <= 0, from bits alone.
+
+  The exponent field is n's octave, the mantissa float32(2^((n mod 8)/8))'s,
+  picked by a tree of selects on n's low three bits.
+  """
+  low = n & 7
+  pick = [jnp.int32(t) for t in _EIGHTH_MANTISSAS]
+  for bit in (1, 2, 4):
+    on = (low & bit) != 0
+    pick = [jnp.where(on, b, a) for a, b in zip(pick[::2], pick[1::2], strict=True)]
+  return lax.bitcast_convert_type((((n >> 3) + 127) << 23) | pick[0], jnp.float32)
 
 
 def _log2_quarters(y: jax.Array) -> jax.Array:
@@ -217,10 +225,15 @@ def _scales(ratio_code, root_code):
   return ratio, jnp.where(root_code == _ZERO_ROOT, 0, root)
 
 
+def _ratio_and_root(m, v):
+  """r = m/sqrt(v) (0 where v is) and sqrt(v): what :func:`_encode_blocks` codes."""
+  root = jnp.sqrt(v)
+  return jnp.where(root > 0, m / jnp.where(root > 0, root, 1), 0), root
+
+
 def _encode_blocks(m, v, count, fmt):
   """Codes and scales of blocked float32 moments (scales keep their block axes)."""
-  root = jnp.sqrt(v)
-  ratio = jnp.where(root > 0, m / jnp.where(root > 0, root, 1), 0)
+  ratio, root = _ratio_and_root(m, v)
   # Scales round up onto their grids: every |r|/scale and sqrt(v)/scale <= 1.
   # sqrt(v)'s grid is its levels' own: a block whose maximum moves keeps its
   # other values on the same levels (a bfloat16 scale moved them all, and
@@ -520,9 +533,11 @@ def scale_by_balanced_adam_lowbit(
         )
         g = _blocked(g.astype(jnp.float32))
         m, v = moments(g, m, v, hold)
-        outs.append(
-          _unblocked(direction(g, m, v, c, c_next, ok), shape).astype(out_dtype)
-        )
+        # m as r sqrt(v) (within an ulp): the update then reads the two arrays
+        # the encode keeps anyway, and XLA does not decode the codes again.
+        ratio, root = _ratio_and_root(m, v)
+        step = direction(g, ratio * root, v, c, c_next, ok)
+        outs.append(_unblocked(step, shape).astype(out_dtype))
         codes, s_r, s_q = _encode_blocks(m, v, count, fmt)
         new.append(
           (
