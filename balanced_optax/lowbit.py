@@ -192,7 +192,10 @@ def _encode_root(y2, u, bits, quarters):
   top = 2**bits - 1
   # Below the lowest level a root rounds up to it, not down to 0: a zero
   # sqrt(v) would reset the coordinate's memory (docs/lowbit.md).
-  k = jnp.clip(_log2_quarters(y2) // quarters, 1 - top, 0)
+  # quarters is a power of two: a shift floors the division (// by 1 costs
+  # XLA a sign fix-up per element).
+  shift = quarters.bit_length() - 1
+  k = jnp.clip(_log2_quarters(y2) >> shift, 1 - top, 0)
   low = _pow2_eighths(2 * k * quarters)
   up = (k < 0) & (u * (low * (2 ** (quarters / 4) - 1)) < y2 - low)
   return jnp.where(y2 > 0, k + top + up, 0)
@@ -221,8 +224,10 @@ def _fit_exponent(largest, low, high):
 
 def _scales(ratio_code, root_code):
   ratio = jnp.exp2(-ratio_code.astype(jnp.float32) / _SCALE_STEPS)
-  root = jnp.exp2(root_code.astype(jnp.float32) / _SCALE_STEPS)
-  return ratio, jnp.where(root_code == _ZERO_ROOT, 0, root)
+  # 2^-inf = 0 for a block of zeros: the select stays inside the per-block
+  # kernel (exp2 ends it) rather than in every element's.
+  e = jnp.where(root_code == _ZERO_ROOT, -jnp.inf, root_code.astype(jnp.float32))
+  return ratio, jnp.exp2(e / _SCALE_STEPS)
 
 
 def _ratio_and_root(m, v):
@@ -246,7 +251,9 @@ def _encode_blocks(m, v, count, fmt):
   u_ratio, u_root = _uniforms(x, _seed(count))
   field = _encode_ratio(x, u_ratio, fmt.ratio_bits)
   # sqrt(v)/scale, not v/scale^2: 1/scale^2 overflows below sqrt(v) ~ 1e-19.
-  y = root * jnp.where(scale_q > 0, 1 / scale_q, 0)
+  # One division per block, ending the block's computation: XLA keeps it
+  # out of the per-element kernel instead of redoing it for every element.
+  y = root * (1 / jnp.where(scale_q > 0, scale_q, jnp.inf))
   y2 = y * y
   code = _encode_root(y2, u_root, fmt.root_bits, fmt.root_quarters)
   word = (field << fmt.root_bits) | code
