@@ -192,10 +192,14 @@ def _encode_root(y2, u, bits, quarters):
   top = 2**bits - 1
   # Below the lowest level a root rounds up to it, not down to 0: a zero
   # sqrt(v) would reset the coordinate's memory (docs/lowbit.md).
-  # quarters is a power of two: a shift floors the division (// by 1 costs
-  # XLA a sign fix-up per element).
-  shift = quarters.bit_length() - 1
-  k = jnp.clip(_log2_quarters(y2) >> shift, 1 - top, 0)
+  k = _log2_quarters(y2)
+  # For a power of two a shift floors the division (// costs XLA a sign
+  # fix-up per element, even by 1).
+  if quarters & (quarters - 1) == 0:
+    k = k >> (quarters.bit_length() - 1)
+  else:
+    k = k // quarters
+  k = jnp.clip(k, 1 - top, 0)
   low = _pow2_eighths(2 * k * quarters)
   up = (k < 0) & (u * (low * (2 ** (quarters / 4) - 1)) < y2 - low)
   return jnp.where(y2 > 0, k + top + up, 0)
