@@ -144,18 +144,26 @@ def _uniforms(x: jax.Array, seed: jax.Array) -> tuple[jax.Array, jax.Array]:
   ) * scale
 
 
-# 2^(i/8), and the float32 mantissa bits of 2^(i/4) - 1 for i = 1, 2, 3.
-_EIGHTHS = tuple(2.0 ** (i / 8) for i in range(8))
+# The float32 mantissa bits of 2^(i/8) (i = 0..7) and of 2^(i/4) - 1 for
+# i = 1, 2, 3.
+_EIGHTH_MANTISSAS = tuple(
+  int(np.float32(2.0 ** (i / 8)).view(np.int32)) & 0x7FFFFF for i in range(8)
+)
 _QUARTER_MANTISSAS = tuple(int((2.0 ** (i / 4) - 1) * 2**23) for i in (1, 2, 3))
 
 
 def _pow2_eighths(n: jax.Array) -> jax.Array:
-  """2^(n/8) in float32 for integers -1008 <= n <= 0: bits and a select."""
-  octave = lax.bitcast_convert_type(((n >> 3) + 127) << 23, jnp.float32)
-  factor = _EIGHTHS[0]
-  for i in range(1, 8):
-    factor = jnp.where((n & 7) == i, _EIGHTHS[i], factor)
-  return octave * factor
+  """2^(n/8) in float32 for integers -1008 <= n <= 0, from bits alone.
+
+  The exponent field is n's octave, the mantissa float32(2^((n mod 8)/8))'s,
+  picked by a tree of selects on n's low three bits.
+  """
+  low = n & 7
+  pick = [jnp.int32(t) for t in _EIGHTH_MANTISSAS]
+  for bit in (1, 2, 4):
+    on = (low & bit) != 0
+    pick = [jnp.where(on, b, a) for a, b in zip(pick[::2], pick[1::2], strict=True)]
+  return lax.bitcast_convert_type((((n >> 3) + 127) << 23) | pick[0], jnp.float32)
 
 
 def _log2_quarters(y: jax.Array) -> jax.Array:
@@ -188,7 +196,14 @@ def _encode_root(y2, u, bits, quarters):
   top = 2**bits - 1
   # Below the lowest level a root rounds up to it, not down to 0: a zero
   # sqrt(v) would reset the coordinate's memory (docs/lowbit.md).
-  k = jnp.clip(_log2_quarters(y2) // quarters, 1 - top, 0)
+  k = _log2_quarters(y2)
+  # For a power of two a shift floors the division (// costs XLA a sign
+  # fix-up per element, even by 1).
+  if quarters & (quarters - 1) == 0:
+    k = k >> (quarters.bit_length() - 1)
+  else:
+    k = k // quarters
+  k = jnp.clip(k, 1 - top, 0)
   low = _pow2_eighths(2 * k * quarters)
   up = (k < 0) & (u * (low * (2 ** (quarters / 4) - 1)) < y2 - low)
   return jnp.where(y2 > 0, k + top + up, 0)
@@ -217,16 +232,23 @@ def _fit_exponent(largest, low, high):
 
 def _scales(ratio_code, root_code):
   ratio = jnp.exp2(-ratio_code.astype(jnp.float32) / _SCALE_STEPS)
-  root = jnp.exp2(root_code.astype(jnp.float32) / _SCALE_STEPS)
-  return ratio, jnp.where(root_code == _ZERO_ROOT, 0, root)
+  # 2^-inf = 0 for a block of zeros: the select stays inside the per-block
+  # kernel (exp2 ends it) rather than in every element's.
+  e = jnp.where(root_code == _ZERO_ROOT, -jnp.inf, root_code.astype(jnp.float32))
+  return ratio, jnp.exp2(e / _SCALE_STEPS)
+
+
+def _ratio_and_root(m, v):
+  """r = m/sqrt(v) (0 where v is) and sqrt(v): what :func:`_encode_blocks` codes."""
+  # With jax_enable_x64 the scalars (the guard's hold) can widen them.
+  m, v = m.astype(jnp.float32), v.astype(jnp.float32)
+  root = jnp.sqrt(v)
+  return jnp.where(root > 0, m / jnp.where(root > 0, root, 1), 0), root
 
 
 def _encode_blocks(m, v, count, fmt):
   """Codes and scales of blocked float32 moments (scales keep their block axes)."""
-  # With jax_enable_x64 the scalars (the guard's hold) can widen them.
-  m, v = m.astype(jnp.float32), v.astype(jnp.float32)
-  root = jnp.sqrt(v)
-  ratio = jnp.where(root > 0, m / jnp.where(root > 0, root, 1), 0)
+  ratio, root = _ratio_and_root(m, v)
   # Scales round up onto their grids: every |r|/scale and sqrt(v)/scale <= 1.
   # sqrt(v)'s grid is its levels' own: a block whose maximum moves keeps its
   # other values on the same levels (a bfloat16 scale moved them all, and
@@ -239,7 +261,9 @@ def _encode_blocks(m, v, count, fmt):
   u_ratio, u_root = _uniforms(x, _seed(count))
   field = _encode_ratio(x, u_ratio, fmt.ratio_bits)
   # sqrt(v)/scale, not v/scale^2: 1/scale^2 overflows below sqrt(v) ~ 1e-19.
-  y = root * jnp.where(scale_q > 0, 1 / scale_q, 0)
+  # One division per block, ending the block's computation: XLA keeps it
+  # out of the per-element kernel instead of redoing it for every element.
+  y = root * (1 / jnp.where(scale_q > 0, scale_q, jnp.inf))
   y2 = y * y
   code = _encode_root(y2, u_root, fmt.root_bits, fmt.root_quarters)
   word = (field << fmt.root_bits) | code
@@ -531,9 +555,11 @@ def scale_by_balanced_adam_lowbit(
         # beta as float32, constant or traced alike: 1 - beta rounds the same
         # under optax.inject_hyperparams, and so do the codes' bits.
         m, v = moments(g, m, v, hold, beta=jnp.asarray(beta, jnp.float32))
-        outs.append(
-          _unblocked(direction(g, m, v, c, c_next, ok), shape).astype(out_dtype)
-        )
+        # m as r sqrt(v) (within an ulp): the update then reads the two arrays
+        # the encode keeps anyway, and XLA does not decode the codes again.
+        ratio, root = _ratio_and_root(m, v)
+        step = direction(g, ratio * root, v, c, c_next, ok)
+        outs.append(_unblocked(step, shape).astype(out_dtype))
         codes, s_r, s_q = _encode_blocks(m, v, count, fmt)
         new.append(
           (

@@ -13,6 +13,7 @@ from benchmarks import (
   lowbit_common,
   lowbit_memory,
   lowbit_quality,
+  lowbit_step_compare,
   quality,
   scale_range,
   stats,
@@ -357,3 +358,16 @@ def test_lowbit_quality_runs_every_seed_as_train_grid_runs_it():
     np.testing.assert_allclose(
       history.val_loss[2 * i : 2 * i + 2], grid.val_loss, rtol=1e-5
     )
+
+
+def test_lowbit_step_compare_loads_a_revision_and_measures_both(tmp_path):
+  # Against HEAD's own lowbit.py: the same code twice, so the same memory.
+  out = tmp_path / "compare.json"
+  args = ["--base=HEAD", "--params=8192", "--leaves=2", "--modes=int4"]
+  saved = lowbit_step_compare.main([*args, "--rounds=1", f"--out={out}"])
+  assert json.loads(out.read_text())["config"]["base"] == "HEAD"
+  (r,) = saved["results"].values()
+  assert set(r) == {"optax_adam", "bfloat16", "base", "current", "ratios"}
+  assert r["base"]["peak_bytes"] == r["current"]["peak_bytes"]
+  assert r["current"]["peak_vs_optax_adam"] > 0
+  assert all(np.isfinite(x) and x > 0 for x in r["ratios"].values())
