@@ -73,6 +73,9 @@ from benchmarks import machine, workloads
 # [FH26b]'s published grid values from 0.68377 to 0.99 (BETA_GRID's).
 GRID = (0.68377, 0.82217, 0.9, 0.94377, 0.96838, 0.98222, 0.99)
 LR_SCALES = (0.5, 1.0, 2.0)
+# Where this share of a workload's runs find their best lr at an end of
+# LR_SCALES, the grid gets one more lr beyond that end (x2).
+EXTEND_SHARE = 0.25
 SEEDS = (0, 1, 2)
 FIXED_DEFAULT = 0.94377  # the grid's "0.95", the pilot's memory
 UNTIED = tuple((b1, b2) for b1 in (0.8, 0.9, 0.95) for b2 in (0.95, 0.99, 0.999))
@@ -226,7 +229,9 @@ def refresh_beta(steps: np.ndarray, losses: np.ndarray) -> tuple[float, float]:
 
 
 def lr_fit(
-  best: dict[str, np.ndarray], betas: Sequence[float], lr_scales: Sequence[float]
+  best: dict[str, np.ndarray],
+  betas: Sequence[float],
+  lr_scales: Sequence[float] | dict[str, Sequence[float]],
 ) -> dict[str, Any]:
   """How the best lr moves with beta, against ``lr ~ sqrt((1+beta)/(1-beta))``.
 
@@ -234,16 +239,18 @@ def lr_fit(
   the three lr-grid points around the argmin (clipped to the grid's ends); the
   slope of log2(lr*) on log2 sqrt((1+beta)/(1-beta)) is fit with one intercept
   per (workload, seed). Slope 1: the best lr keeps the update RMS fixed;
-  slope 0: the best lr does not depend on beta.
+  slope 0: the best lr does not depend on beta. ``lr_scales`` may differ per
+  workload (a dict by the names of ``best``).
   """
-  log_lr = np.log2(np.asarray(lr_scales, np.float64))
   xs, ys, edges, total, argmin_k = [], [], 0, 0, []
-  for b in best.values():  # (S, B, K)
+  for name, b in best.items():  # (S, B, K)
+    scales = lr_scales[name] if isinstance(lr_scales, dict) else lr_scales
+    log_lr = np.log2(np.asarray(scales, np.float64))
     for per_seed in b:
       x = np.log2(np.sqrt((1 + np.asarray(betas)) / (1 - np.asarray(betas))))
       y = np.array([_parabola_min(log_lr, row) for row in per_seed])
       k = np.argmin(np.where(np.isfinite(per_seed), per_seed, np.inf), axis=-1)
-      edges += int(np.sum((k == 0) | (k == len(lr_scales) - 1)))
+      edges += int(np.sum((k == 0) | (k == len(scales) - 1)))
       total += len(k)
       argmin_k.append(k.tolist())
       xs.append(x - x.mean())
@@ -322,6 +329,32 @@ def noise_corrected_beta(selection: dict[str, Any], betas: Sequence[float]) -> f
   )
 
 
+def tuned_sweep(
+  workload, lr_scales: Sequence[float], seeds: Sequence[int], extend: bool, **grid
+) -> tuple[list[float], workloads.History]:
+  """``workloads.train_sweep``, its lr grid extended where the best sits at an end.
+
+  Where at least ``EXTEND_SHARE`` of the (seed, memory) runs have their best
+  lr at an end of ``lr_scales``, one more lr (x2 beyond that end) is trained
+  and joined to the grid (once per end). Returns the lr scales and the joined
+  history (``val_loss`` ``(S, B, K, E)``, K in increasing lr).
+  """
+  sweep = workloads.train_sweep(workload, lr_scales=lr_scales, seeds=seeds, **grid)
+  scales, val_loss, seconds = list(lr_scales), sweep.val_loss, sweep.seconds
+  if extend:
+    k = np.argmin(np.where(np.isfinite(sweep.best), sweep.best, np.inf), axis=-1)
+    for end, new in ((0, scales[0] / 2), (len(scales) - 1, scales[-1] * 2)):
+      if np.mean(k == end) < EXTEND_SHARE:
+        continue
+      extra = workloads.train_sweep(workload, lr_scales=(new,), seeds=seeds, **grid)
+      seconds += extra.seconds
+      if end == 0:
+        scales, val_loss = [new, *scales], np.concatenate([extra.val_loss, val_loss], 2)
+      else:
+        scales, val_loss = [*scales, new], np.concatenate([val_loss, extra.val_loss], 2)
+  return scales, workloads.History(sweep.steps, val_loss, seconds)
+
+
 def run_workload(spec: Spec, size: str) -> dict[str, Any]:
   """The sweep, the rules' and selectors' picks (and untied AdamW) on one workload."""
   smoke = size == "smoke"
@@ -331,7 +364,8 @@ def run_workload(spec: Spec, size: str) -> dict[str, Any]:
   pilot = SMOKE["pilot"] if smoke else {}
   workload = workloads.make_workload(spec.kind, name=spec.name, **spec.fields)
   warmup = max(1, workload.num_steps // 20)
-  sweep = workloads.train_sweep(workload, betas, lr_scales=lr_scales, seeds=seeds)
+  extend = not smoke
+  scales, sweep = tuned_sweep(workload, lr_scales, seeds, extend, betas=betas)
   result: dict[str, Any] = {
     "kind": workload.kind,
     "batch_size": workload.batch_size,
@@ -339,7 +373,7 @@ def run_workload(spec: Spec, size: str) -> dict[str, Any]:
     "warmup_steps": warmup,
     "learning_rate": workload.learning_rate,
     "betas": list(betas),
-    "lr_scales": list(lr_scales),
+    "lr_scales": scales,
     "seeds": list(seeds),
     "steps": sweep.steps.tolist(),
     "best": sweep.best.tolist(),
@@ -347,7 +381,7 @@ def run_workload(spec: Spec, size: str) -> dict[str, Any]:
     "sweep_seconds": sweep.seconds,
   }
   reference = betas.index(min(betas, key=lambda b: abs(b - FIXED_DEFAULT)))
-  one = list(lr_scales).index(1.0)
+  one = scales.index(1.0)
   refresh = [
     refresh_beta(sweep.steps, sweep.val_loss[s, reference, one])
     for s in range(len(seeds))
@@ -374,11 +408,12 @@ def run_workload(spec: Spec, size: str) -> dict[str, Any]:
   result["picks"] = picks
   if workload.kind == "gpt":
     pairs = {"smoke": SMOKE["untied"], "default": UNTIED_DEFAULT}.get(size, UNTIED)
-    untied = workloads.train_sweep(
-      workload, untied=pairs, lr_scales=lr_scales, seeds=seeds
+    untied_scales, untied = tuned_sweep(
+      workload, lr_scales, seeds, extend, untied=pairs
     )
     result["untied"] = {
       "pairs": [list(p) for p in pairs],
+      "lr_scales": untied_scales,
       "best": untied.best.tolist(),
       "seconds": untied.seconds,
     }
@@ -438,7 +473,7 @@ def analyze(report: dict[str, Any]) -> dict[str, Any]:
     "lr_fit": lr_fit(
       {n: np.asarray(r["best"]) for n, r in results.items()},
       betas,
-      next(iter(results.values()))["lr_scales"],
+      {n: r["lr_scales"] for n, r in results.items()},
     ),
   }
   summary["targets"] = targets(summary, report)
