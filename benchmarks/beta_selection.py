@@ -8,8 +8,9 @@ warmup + cosine recipe:
 1. Sweep. Every (seed, beta, learning rate) of the grid: the 7 memories
    0.68377 .. 0.99 of [FH26b]'s grid, peak learning rates ref/2, ref, 2 ref
    around the workload's reference, 3 seeds (initialisation and data order),
-   all in one vmapped program (``workloads.train_sweep``). A run's loss is its
-   best validation loss.
+   all in one vmapped program (``workloads.train_sweep``); where a quarter of
+   a workload's runs find their best lr at an end of the lr grid, one more lr
+   (x2 past that end) is trained. A run's loss is its best validation loss.
 2. Scores. ``L_s(beta)`` = the best loss over the lr grid at seed s; a beta's
    score is ``mean_s L_s(beta)``; the oracle ``beta*`` has the lowest score; a
    method that picks ``beta_s`` at seed s has the gap
@@ -26,9 +27,10 @@ warmup + cosine recipe:
    ``RUN_LENGTH_R``); ``select_beta`` as published (pilot of 200 updates at
    0.95 on the workload's recipe at its reference lr, default probes), its
    design-only constant (``beta_ceiling``, the beta of ``H = (m L^2/8)^(1/3)``),
-   ``select_beta(change_estimate='noise_corrected')``, and a late pilot (the
-   published estimator with the pilot extended past warmup: ``T_p`` = warmup +
-   200). Selectors choose among the swept grid (``beta_range`` = its ends).
+   ``select_beta(change_estimate='noise_corrected')`` (read from the same
+   pilot), and at ``--size=large`` a late pilot (``T_p`` = warmup + 200, so
+   the lags lie after warmup). Selectors choose among the swept grid
+   (``beta_range`` = its ends).
 4. Across the suite: mean / max / CVaR25 gap per method with seed spread;
    the targets with verdicts; on the GPT workloads balanced Adam at the
    candidate rule's beta against the best untied (beta1, beta2) AdamW of a
@@ -37,7 +39,7 @@ warmup + cosine recipe:
 
 Usage, from the repository root::
 
-  python -m benchmarks.beta_selection                  # ~30 min on one CPU core
+  python -m benchmarks.beta_selection                  # 22 min, 2 shared CPU cores
   python -m benchmarks.beta_selection --size=smoke     # ~1 min, for the tests
   python -m benchmarks.beta_selection --size=large     # longer runs, a GPU
   python -m benchmarks.beta_selection --workloads=gpt_b16,quadratic_b8 --out=a.json
