@@ -621,17 +621,17 @@ def plot(report: dict[str, Any], path: str) -> None:
     gap = 100 * np.array([w["gap"][f"fixed {b:g}"] for b in betas])
     spread = 100 * np.array([w["gap_spread"][f"fixed {b:g}"] for b in betas])
     curves.errorbar(
-      x, np.maximum(gap, 1e-3), yerr=spread, fmt="-", color=f"C{i}", lw=1, label=name
+      x, gap, yerr=spread, fmt="-", color=f"C{i}", lw=1, capsize=2, label=name
     )
     k = _index(betas, w["picks"][CANDIDATE][0])
-    curves.plot(x[k], max(gap[k], 1e-3), "*", color=f"C{i}", ms=12, mec="k")
+    curves.plot(x[k], gap[k], "*", color=f"C{i}", ms=12, mec="k")
   curves.set(
     xscale="log",
-    yscale="symlog",
     xlabel=r"$1 - \beta$",
-    ylabel="gap to the oracle beta (%), lr tuned, seed mean ± std",
+    ylabel="gap to the oracle beta (%; seed mean ± std)",
     title=f"gap per beta; star: {CANDIDATE}",
   )
+  curves.set_yscale("symlog", linthresh=0.1)
   curves.invert_xaxis()
   curves.grid(alpha=0.3)
   curves.legend(fontsize=7)
@@ -647,9 +647,8 @@ def plot(report: dict[str, Any], path: str) -> None:
       label=stat,
     )
   bars.set_xticks(range(len(names)), labels=names, rotation=60, ha="right", fontsize=7)
-  bars.set(
-    ylabel="gap to the oracle beta (%)", yscale="symlog", title="across the suite"
-  )
+  bars.set(ylabel="gap to the oracle beta (%)", title="across the suite")
+  bars.set_yscale("symlog", linthresh=0.1)
   bars.grid(alpha=0.3, axis="y")
   bars.legend(fontsize=8)
   fig.tight_layout()
