@@ -34,6 +34,12 @@ The workloads (:func:`make_workload`):
   ``mlp_digits``   a 64-128-128-10 GELU MLP on scikit-learn's 8x8 digits
                    (1,497 train images, a tenth of their
                    labels redrawn at random; 300 clean validation images)
+  ``conv_digits``  two 3x3 convolutions (16, 32 channels, the second
+                   strided), mean pool and a linear head, same digits
+  ``vit_digits``   the ViT of ``examples/vit`` (``models.ViT``), tiny (width
+                   16, one block), on 2x2 patches of the same digits
+  ``regression``   a 8-64-64-1 tanh MLP fitting a random teacher network
+                   plus noise (squared loss)
   ``quadratic``    noisy linear regression with a heterogeneous spectrum:
                    features x ~ N(0, diag(h)), h log-spaced over 10^-2..10^2,
                    y = w* . x + noise; validation loss = the exact expected
@@ -78,7 +84,8 @@ class Workload:
 
   Attributes:
     name: a label for tables.
-    kind: ``"gpt"``, ``"mlp"`` or ``"quadratic"``.
+    kind: ``"gpt"``, ``"mlp"``, ``"conv"``, ``"vit"``, ``"quadratic"`` or
+      ``"regression"``.
     init: ``key -> params``.
     loss: ``(params, batch) -> scalar``.
     train_batch: ``(step, seed) -> batch``, traceable in ``step``.
@@ -114,16 +121,22 @@ class Workload:
       end_value=0.1 * self.learning_rate,
     )
 
-  def optimizer(self, b1, b2=None) -> optax.GradientTransformation:
+  def optimizer(self, b1, b2=None, lr_scale=1.0) -> optax.GradientTransformation:
     """The recipe with memory ``b1`` (balanced Adam) or untied ``(b1, b2)``.
 
     ``b2=None`` gives :func:`balanced_optax.balanced_adamw` (beta1 = beta2 =
-    ``b1``); otherwise :func:`optax.adamw`. Either may be traced.
+    ``b1``); otherwise :func:`optax.adamw`. ``lr_scale`` multiplies the
+    schedule (its peak becomes ``lr_scale * learning_rate``). Any of them may
+    be traced.
     """
+    schedule = self.schedule()
+    if not (isinstance(lr_scale, (int, float)) and lr_scale == 1.0):
+      base = schedule
+      schedule = lambda count: lr_scale * base(count)
     if b2 is None:
-      tx = bo.balanced_adamw(self.schedule(), beta=b1, weight_decay=self.weight_decay)
+      tx = bo.balanced_adamw(schedule, beta=b1, weight_decay=self.weight_decay)
     else:
-      tx = optax.adamw(self.schedule(), b1=b1, b2=b2, weight_decay=self.weight_decay)
+      tx = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=self.weight_decay)
     if self.clip_norm is None:
       return tx
     return optax.chain(optax.clip_by_global_norm(self.clip_norm), tx)
@@ -134,7 +147,9 @@ class History(NamedTuple):
 
   Attributes:
     steps: ``(E,)`` update counts of the evaluations (0 = before training).
-    val_loss: ``(N, E)`` validation loss of each run at each evaluation.
+    val_loss: ``(N, E)`` validation loss of each run at each evaluation
+      (:func:`train_sweep`: ``(S, B, K, E)``, seeds x memories x learning
+      rates).
     seconds: wall time of the whole grid, compilation included.
   """
 
@@ -144,9 +159,12 @@ class History(NamedTuple):
 
   @property
   def best(self) -> np.ndarray:
-    """``(N,)`` lowest validation loss of each run (inf where none is finite)."""
+    """Lowest validation loss of each run (inf where none is finite).
+
+    ``(N,)`` for :func:`train_grid`, ``(S, B, K)`` for :func:`train_sweep`.
+    """
     loss = np.where(np.isfinite(self.val_loss), self.val_loss, np.inf)
-    return loss.min(axis=1)
+    return loss.min(axis=-1)
 
 
 def train_grid(
@@ -222,6 +240,88 @@ def train_grid(
   return History(
     np.asarray(steps), np.stack(losses, axis=1), time.perf_counter() - start
   )
+
+
+def train_sweep(
+  workload: Workload,
+  betas: Sequence[float] | None = None,
+  *,
+  untied: Sequence[tuple[float, float]] | None = None,
+  lr_scales: Sequence[float] = (1.0,),
+  seeds: Sequence[int] = (0,),
+) -> History:
+  """Trains every (seed, memory, learning rate) of a grid in one vmapped program.
+
+  :func:`train_grid` with two more axes: the peak learning rate is
+  ``lr_scale * workload.learning_rate`` for each of ``lr_scales``, and each
+  seed has its own initialisation and data order (the runs of one seed share
+  its batches).
+
+  Args:
+    workload: the model, data and recipe.
+    betas: balanced Adam memories.
+    untied: instead of ``betas``, ``(beta1, beta2)`` pairs for AdamW.
+    lr_scales: multipliers of the workload's peak learning rate.
+    seeds: initialisation and data-order seeds.
+
+  Returns:
+    A :class:`History` whose ``val_loss`` is ``(S, B, K, E)``: seeds x
+    memories (or pairs) x learning rates x evaluations.
+  """
+  if (betas is None) == (untied is None):
+    raise ValueError("pass exactly one of `betas` and `untied`.")
+  pairs = [(b, None) for b in betas] if untied is None else list(untied)
+  num_b, num_k, num_s = len(pairs), len(lr_scales), len(seeds)
+  b1 = jnp.asarray(np.repeat([p[0] for p in pairs], num_k), jnp.float32)
+  b2 = jnp.asarray(np.repeat([p[1] or 0.0 for p in pairs], num_k), jnp.float32)
+  lr = jnp.asarray(np.tile(lr_scales, num_b), jnp.float32)
+  tied = untied is None
+  seeds_s = jnp.asarray(seeds, jnp.int32)
+  start = time.perf_counter()
+  inits = [workload.init(jax.random.key(s)) for s in seeds]
+  params = jax.tree.map(
+    lambda *x: jnp.broadcast_to(
+      jnp.stack(x)[:, None], (num_s, b1.shape[0], *x[0].shape)
+    ),
+    *inits,
+  )
+  grad_fn = jax.grad(workload.loss)
+
+  def optimizer(beta1, beta2, scale):
+    return workload.optimizer(beta1, None if tied else beta2, scale)
+
+  def one_update(beta1, beta2, scale, p, state, batch):
+    updates, state = optimizer(beta1, beta2, scale).update(grad_fn(p, batch), state, p)
+    return optax.apply_updates(p, updates), state
+
+  def over_configs(fn, in_axes):
+    return jax.vmap(
+      jax.vmap(fn, in_axes=in_axes), in_axes=(None,) * 3 + (0,) * (len(in_axes) - 3)
+    )
+
+  init_all = over_configs(lambda x, y, z, p: optimizer(x, y, z).init(p), (0, 0, 0, 0))
+  update_all = over_configs(one_update, (0, 0, 0, 0, 0, None))
+  states = init_all(b1, b2, lr, params)
+  batches = jax.vmap(workload.train_batch, in_axes=(None, 0))
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def chunk(p, s, first_step):
+    def body(carry, step):
+      return update_all(b1, b2, lr, *carry, batches(step, seeds_s)), None
+
+    steps = first_step + jnp.arange(workload.eval_every)
+    (p, s), _ = jax.lax.scan(body, (p, s), steps)
+    return p, s
+
+  evaluate = jax.jit(jax.vmap(jax.vmap(lambda p: workload.loss(p, workload.val_batch))))
+  steps, losses = [0], [np.asarray(evaluate(params))]
+  p, s = params, states
+  for first in range(0, workload.num_steps, workload.eval_every):
+    p, s = chunk(p, s, jnp.asarray(first, jnp.int32))
+    steps.append(first + workload.eval_every)
+    losses.append(np.asarray(evaluate(p)))
+  val_loss = np.stack(losses, axis=-1).reshape(num_s, num_b, num_k, -1)
+  return History(np.asarray(steps), val_loss, time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------
@@ -311,42 +411,39 @@ def _gpt_problem(
   return _Problem(init, loss, train_batch, val_batch)
 
 
-def _mlp_digits_problem(
-  batch_size: int, *, hidden: int = 128, label_noise: float = 0.1
-) -> _Problem:
-  """A 64-hidden-hidden-10 GELU MLP on scikit-learn's digits, noisy labels."""
+def _digits(label_noise: float):
+  """scikit-learn's digits in [-0.3, 0.7]: noisy training split, clean last 300.
+
+  A ``label_noise`` share of the training labels is redrawn at random: the
+  validation loss then has a floor and a best point before the end, rather
+  than going to zero on this easy task.
+  """
   from sklearn.datasets import load_digits
 
   x, y = load_digits(return_X_y=True)
   order = np.random.default_rng(0).permutation(len(y))
   x = (x[order] / 16.0 - 0.3).astype(np.float32)
   y = y[order].astype(np.int32)
-  # Label noise on the training split only (a tenth of its labels redrawn):
-  # the validation loss then has a floor and a best point before the end,
-  # rather than going to zero on this easy task.
   y_noisy = y[:-300].copy()
   flip = np.random.default_rng(1).random(len(y_noisy)) < label_noise
   y_noisy[flip] = np.random.default_rng(2).integers(0, 10, flip.sum())
-  x_train, y_train = jnp.asarray(x[:-300]), jnp.asarray(y_noisy)
-  val_batch = (jnp.asarray(x[-300:]), jnp.asarray(y[-300:]))
-  sizes = (64, hidden, hidden, 10)
+  return (jnp.asarray(x[:-300]), jnp.asarray(y_noisy)), (
+    jnp.asarray(x[-300:]),
+    jnp.asarray(y[-300:]),
+  )
 
-  def init(key):
-    keys = jax.random.split(key, len(sizes) - 1)
-    return [
-      {
-        "w": jax.random.normal(k, (m, n)) / math.sqrt(m),
-        "b": jnp.zeros(n),
-      }
-      for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)
-    ]
+
+def _classifier_problem(
+  init, logits_fn, batch_size: int, label_noise: float
+) -> _Problem:
+  """A digits classifier: ``logits_fn(params, x_Bx64)``, cross-entropy loss."""
+  (x_train, y_train), val_batch = _digits(label_noise)
 
   def loss(params, batch):
-    h, labels = batch
-    for layer in params[:-1]:
-      h = jax.nn.gelu(h @ layer["w"] + layer["b"])
-    logits = h @ params[-1]["w"] + params[-1]["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    x, labels = batch
+    return optax.softmax_cross_entropy_with_integer_labels(
+      logits_fn(params, x), labels
+    ).mean()
 
   def train_batch(step, seed):
     key = jax.random.fold_in(jax.random.key(seed), step)
@@ -354,6 +451,131 @@ def _mlp_digits_problem(
     return x_train[i], y_train[i]
 
   return _Problem(init, loss, train_batch, val_batch)
+
+
+def _dense_init(key, sizes):
+  keys = jax.random.split(key, len(sizes) - 1)
+  return [
+    {"w": jax.random.normal(k, (m, n)) / math.sqrt(m), "b": jnp.zeros(n)}
+    for k, m, n in zip(keys, sizes[:-1], sizes[1:], strict=True)
+  ]
+
+
+def _dense_apply(params, h, activation=jax.nn.gelu):
+  for layer in params[:-1]:
+    h = activation(h @ layer["w"] + layer["b"])
+  return h @ params[-1]["w"] + params[-1]["b"]
+
+
+def _mlp_digits_problem(
+  batch_size: int, *, hidden: int = 128, label_noise: float = 0.1
+) -> _Problem:
+  """A 64-hidden-hidden-10 GELU MLP on scikit-learn's digits, noisy labels."""
+  sizes = (64, hidden, hidden, 10)
+  return _classifier_problem(
+    lambda key: _dense_init(key, sizes), _dense_apply, batch_size, label_noise
+  )
+
+
+def _conv_digits_problem(
+  batch_size: int, *, channels: int = 16, label_noise: float = 0.1
+) -> _Problem:
+  """Two 3x3 GELU convolutions (the second strided), mean pool, linear head."""
+  c = channels
+  shapes = {"conv1": (3, 3, 1, c), "conv2": (3, 3, c, 2 * c), "head": (2 * c, 10)}
+
+  def init(key):
+    keys = dict(zip(shapes, jax.random.split(key, len(shapes)), strict=True))
+    return {
+      name: {
+        "w": jax.random.normal(keys[name], shape) / math.sqrt(math.prod(shape[:-1])),
+        "b": jnp.zeros(shape[-1]),
+      }
+      for name, shape in shapes.items()
+    }
+
+  def conv(layer, x_BxHxWxC, stride):
+    # 3x3 "same" convolution as one matmul over the 9 shifted copies: vmapped
+    # over a grid's weights it stays a batched matmul (a vmapped
+    # lax.conv_general_dilated becomes a grouped convolution, slow on CPU).
+    _, H, W, _ = x_BxHxWxC.shape
+    padded = jnp.pad(x_BxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    shifts = [
+      padded[:, i : i + H : stride, j : j + W : stride]
+      for i in range(3)
+      for j in range(3)
+    ]
+    w = layer["w"].reshape(-1, layer["w"].shape[-1])
+    return jax.nn.gelu(jnp.concatenate(shifts, axis=-1) @ w + layer["b"])
+
+  def logits(params, x_Bx64):
+    x = x_Bx64.reshape(-1, 8, 8, 1)
+    x = conv(params["conv2"], conv(params["conv1"], x, 1), 2)
+    return x.mean(axis=(1, 2)) @ params["head"]["w"] + params["head"]["b"]
+
+  return _classifier_problem(init, logits, batch_size, label_noise)
+
+
+def _vit_digits_problem(
+  batch_size: int,
+  *,
+  d_model: int = 16,
+  num_layers: int = 1,
+  num_heads: int = 2,
+  label_noise: float = 0.1,
+) -> _Problem:
+  """The ViT of ``examples/vit`` (``models.ViT``), tiny, on 2x2 digit patches."""
+  from flax import nnx
+
+  from examples.vit import models
+
+  def build(key):
+    return models.ViT(
+      (8, 8, 1), 2, 10, d_model, num_layers, num_heads, 2, rngs=nnx.Rngs(key)
+    )
+
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(jax.random.key(0))))
+
+  def logits(params, x_Bx64):
+    return nnx.merge(graphdef, params)(x_Bx64.reshape(-1, 8, 8, 1))
+
+  return _classifier_problem(
+    lambda key: nnx.state(build(key), nnx.Param), logits, batch_size, label_noise
+  )
+
+
+def _regression_problem(
+  batch_size: int, *, dim: int = 8, hidden: int = 64, noise: float = 0.3
+) -> _Problem:
+  r"""A tanh MLP regressing a random teacher network's output plus noise.
+
+  Inputs :math:`x \sim N(0, I_8)`, targets :math:`y = f^*(x) + \sigma\xi`
+  with :math:`f^*` a fixed random 8-32-1 tanh network (scaled to unit
+  variance); squared loss; the validation batch is 1,024 fixed noisy pairs.
+  """
+  teacher = _dense_init(jax.random.key(4321), (dim, 32, 1))
+
+  def target(x):
+    return 1.5 * _dense_apply(teacher, x, jnp.tanh)[:, 0]
+
+  def pairs(key, n):
+    kx, ky = jax.random.split(key)
+    x = jax.random.normal(kx, (n, dim))
+    return x, target(x) + noise * jax.random.normal(ky, (n,))
+
+  def loss(params, batch):
+    x, y = batch
+    return 0.5 * jnp.mean((_dense_apply(params, x, jnp.tanh)[:, 0] - y) ** 2)
+
+  def train_batch(step, seed):
+    return pairs(jax.random.fold_in(jax.random.key(seed), step), batch_size)
+
+  return _Problem(
+    lambda key: _dense_init(key, (dim, hidden, hidden, 1)),
+    loss,
+    train_batch,
+    pairs(jax.random.key(99), 1024),
+  )
 
 
 def _quadratic_problem(
@@ -408,6 +630,9 @@ _KINDS: dict[str, tuple[Callable[..., _Problem], _Recipe, dict[str, Any]]] = {
   "gpt_sonnets": (*_GPT, {"text": sonnets_text}),
   "mlp_digits": (_mlp_digits_problem, _Recipe(32, 1000, 50, 3e-3, 1e-4, 1.0), {}),
   "quadratic": (_quadratic_problem, _Recipe(8, 1000, 50, 3e-2, 0.0, None), {}),
+  "conv_digits": (_conv_digits_problem, _Recipe(32, 1000, 50, 3e-3, 1e-4, 1.0), {}),
+  "vit_digits": (_vit_digits_problem, _Recipe(32, 1000, 50, 2e-3, 1e-4, 1.0), {}),
+  "regression": (_regression_problem, _Recipe(16, 1000, 50, 3e-3, 0.0, 1.0), {}),
 }
 
 

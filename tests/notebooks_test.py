@@ -101,16 +101,16 @@ def check_refresh_scaling(results):
 
 
 def check_beta_selection(results):
-  # Every gap is measured against the workload's own best grid beta, and the
-  # selector's and the refresh rule's gaps are those of the betas they chose.
+  # Every gap is measured against the workload's own best beta (its fixed
+  # gap is 0, none is negative), and a rule's gap is that of the beta it chose.
   for row in results["workloads"].values():
     gaps = row["gap"]
-    assert min(gaps.values()) == 0.0 and gaps[f"{row['oracle_beta']:.5f}"] == 0.0
-    assert row["selector_gap"] == gaps[f"{row['selector_beta']:.5f}"]
-    assert row["refresh_gap"] == gaps[f"{row['refresh_beta']:.5f}"]
+    assert gaps[f"fixed {row['oracle_beta']:g}"] == 0.0 and min(gaps.values()) >= 0
+    run_length = row["picks"]["run-length rule"][0]
+    assert gaps["run-length rule"] == gaps[f"fixed {run_length:g}"]
   for summary in results["table"].values():
     assert 0 <= summary["mean"] <= summary["cvar25"] <= summary["max"]
-  assert results["targets"][-1]["met"]  # the pilot's cost in gradients
+  assert results["targets"][-1]["met"]  # the whole run <= 60 min
 
 
 # The notebooks that train the GPT of examples/ spend most of their time
