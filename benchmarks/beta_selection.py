@@ -71,6 +71,7 @@ from matplotlib.figure import Figure
 
 import balanced_optax as bo
 from benchmarks import machine, workloads
+from examples.common import config as config_lib
 
 # [FH26b]'s published grid values from 0.68377 to 0.99 (BETA_GRID's).
 GRID = (0.68377, 0.82217, 0.9, 0.94377, 0.96838, 0.98222, 0.99)
@@ -82,14 +83,10 @@ SEEDS = (0, 1, 2)
 FIXED_DEFAULT = 0.94377  # the grid's "0.95", the pilot's memory
 UNTIED = tuple((b1, b2) for b1 in (0.8, 0.9, 0.95) for b2 in (0.95, 0.99, 0.999))
 # The run-length rule's R = (1 - beta*) T, from published oracles only (never
-# fit on this benchmark). [OG25]: best tied beta 0.95 at 6,200 steps and
-# 0.975 at 12,400 (R = 310 both), R = 120-390 across their sweeps; [FH26b]:
-# R = 178-1690 across their oracles. Each source's geometric mean of its
-# published range, then the geometric mean of the two sources.
-PUBLISHED_R = {"OG25": (120.0, 390.0), "FH26b": (178.0, 1690.0)}
-RUN_LENGTH_R = float(
-  math.sqrt(math.prod(math.sqrt(lo * hi) for lo, hi in PUBLISHED_R.values()))
-)
+# fit on this benchmark): the trainers' rule (examples/common/config.py says
+# how it is fit).
+PUBLISHED_R = config_lib.RUN_LENGTH_PUBLISHED_R
+RUN_LENGTH_R = float(config_lib.RUN_LENGTH_REFRESH)
 REFRESH_R = 1000.0
 CANDIDATE = "run-length rule"  # declared before any measurement
 # select_beta's resolution: a noise-corrected change counts as measured above

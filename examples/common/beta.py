@@ -171,7 +171,7 @@ def resolve(
     beta = run_length_beta(config.num_steps)
     if is_first_process:
       print(
-        f"beta = {beta:.5g}, from the run-length rule 1 - {RUN_LENGTH_REFRESH}"
+        f"beta = {beta:.5g}, from the run-length rule 1 - {RUN_LENGTH_REFRESH:.1f}"
         f" / num_steps with num_steps = {config.num_steps} (snapped to BETA_GRID)"
       )
     return beta, {"beta": beta, "beta_run_length/num_steps": config.num_steps}

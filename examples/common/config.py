@@ -29,13 +29,18 @@ OPTIMIZERS = ("balanced_adam", "adam", "signum", "rmsprop", "sgd")
 STATE_DTYPES = ("float32", "bfloat16", "int8", "int4")
 # What ``beta`` may be besides a float in [0, 1).
 BETA_RULES = ("auto", "refresh", "run_length")
-# The run-length rule's R in beta = 1 - R / num_steps: the geometric mean of
-# the range of R = (1 - beta*) T over the published oracles of [OG25] (R ~
-# 120) and [FH26b] (up to 1690), sqrt(120 * 1690) ~ 450, fit before and never
-# on this package's own benchmark (docs/choosing_beta.md).
-RUN_LENGTH_REFRESH = 450
+# The run-length rule beta = 1 - R / num_steps, R = (1 - beta*) T from
+# published oracles only (never fit on this package's benchmark): [OG25]'s
+# best tied beta is 0.95 at 6,200 steps and 0.975 at 12,400 (R = 310 both),
+# R = 120-390 across their sweeps; [FH26b]'s oracles give R = 178-1690. Each
+# source's geometric mean of its range, then the geometric mean of the two:
+# R = 344.5 (benchmarks/beta_selection.py measures this rule).
+RUN_LENGTH_PUBLISHED_R = {"OG25": (120.0, 390.0), "FH26b": (178.0, 1690.0)}
+RUN_LENGTH_REFRESH = math.sqrt(
+  math.prod(math.sqrt(low * high) for low, high in RUN_LENGTH_PUBLISHED_R.values())
+)
 # ... clipped to [FH26c]'s range of memories and snapped to BETA_GRID (runs of
-# up to 1821 updates get 0.68377).
+# up to 1394 updates get 0.68377, the GPT trainer's 1500 get 0.82217).
 RUN_LENGTH_RANGE = (0.68377, 0.999)
 # The pilot splits its probe gradients into this many groups for the noise
 # estimate (``balanced_optax.select_beta``'s ``num_groups``).
@@ -216,7 +221,7 @@ class TrainConfig:
       selection [FH26c]); ``"refresh"``, ``balanced_optax.beta_from_refresh``
       of ``num_steps`` snapped to ``balanced_optax.BETA_GRID`` [FH26b], a
       prior that costs nothing; or ``"run_length"``, the same rule with
-      R = :data:`RUN_LENGTH_REFRESH` (``1 - 450 / num_steps``) within
+      R = :data:`RUN_LENGTH_REFRESH` (``1 - 344.5 / num_steps``) within
       [0.68377, 0.999], the rule the beta-selection benchmark supports (the
       trainers' default). Optimizers other than balanced Adam ignore beta;
       ``"auto"`` needs ``optimizer=balanced_adam``.

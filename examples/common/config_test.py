@@ -336,12 +336,13 @@ def test_float_and_refresh_need_no_pilot(tmp_path):
 @pytest.mark.parametrize(
   "num_steps, expected",
   [
-    (12, 0.68377),  # 1 - 450/12 < 0: floored at the range's shortest memory
-    (1500, 0.68377),  # the GPT trainer's default run: 0.7 snaps down
-    (1821, 0.68377),  # 0.7529; the midpoint to 0.82217 is 0.75297
-    (1822, 0.82217),
-    (5000, 0.9),  # 0.91 exactly
-    (10_000, 0.94377),  # 0.955: nearer 0.94377 than 0.96838
+    (12, 0.68377),  # 1 - 344.5/12 < 0: floored at the range's shortest memory
+    (1394, 0.68377),  # 0.75290; the midpoint to 0.82217 is 0.75297
+    (1395, 0.82217),
+    (1500, 0.82217),  # the GPT trainer's default run: 0.7704
+    (4409, 0.9),
+    (4410, 0.94377),  # 0.92189 > the midpoint 0.921885
+    (10_000, 0.96838),  # 0.96555
     (10**9, 0.999),  # capped at the range's longest memory
   ],
 )

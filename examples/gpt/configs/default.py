@@ -32,7 +32,7 @@ class Config(config_lib.TrainConfig):
   num_steps: int = 1500
   learning_rate: float = 2e-3
   weight_decay: float = 0.1
-  # 1 - 450 / num_steps, snapped: what the beta-selection benchmark supports.
+  # 1 - 344.5 / num_steps, snapped (docs/choosing_beta.md: benchmark v2).
   beta: object = "run_length"
   eval_every: int = 250
   checkpoint_every: int = 250

@@ -26,7 +26,7 @@ class Config(config_lib.TrainConfig):
   batch_size: int = 64
   learning_rate: float = 2e-3
   warmup_steps: int = 50
-  # 1 - 450 / num_steps, snapped: what the beta-selection benchmark supports.
+  # 1 - 344.5 / num_steps, snapped (docs/choosing_beta.md: benchmark v2).
   beta: object = "run_length"
   weight_decay: float = 0.3
   eval_every: int = 200
