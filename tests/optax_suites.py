@@ -151,9 +151,9 @@ _COMPLEX_LOW_BIT = (
 _INT4_ROSENBROCK = (
   "int4 keeps sqrt(v) on 4 levels a factor 2 apart: where a block's roots"
   " differ by a few times (Rosenbrock's two coordinates share a block) the"
-  " ratio is biased toward 0, and contrib's Rosenbrock ends at (0.947, 0.900),"
-  " outside its 3% tolerance (docs/lowbit.md, 'What int4 costs';"
-  " docs/guarantees.md)."
+  " ratio is biased, and optax's Rosenbrock tests end outside their 3%"
+  " tolerance (contrib's at (0.947, 0.900), alias_test's at (1.053, 1.097))"
+  " (docs/lowbit.md, 'What int4 costs'; docs/guarantees.md)."
 )
 # The cases that check what the balanced optimizers do differently on
 # purpose, by test id, with the reason.
@@ -169,6 +169,7 @@ SKIPS = {
     for dtype in ("complex64", "complex128")
   },
   "test_optimizers_int4_state_rosenbrock_float32": _INT4_ROSENBROCK,
+  "test_optimization_int4_state_rosenbrock_float32": _INT4_ROSENBROCK,
   **{
     f"test_optimization_bfloat16_state_{target}_complex64": _COMPLEX_BFLOAT16
     for target in ("parabola", "rosenbrock")
